@@ -1,0 +1,54 @@
+# bevkd: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+BEVKD := $(BIN)/bevkd
+STAMP := $(VENV)/.installed
+
+# Variables every stage target understands.
+CONFIG ?=
+DATA ?= work/demo/data
+OUT ?= work/demo
+SET ?=
+config_arg = $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: on this machine it is the local CPU wheel, so nothing pulls CUDA.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install bevkd (fast when nothing changed)
+
+test: setup  ## run the test suite on CPU
+	$(BIN)/python -m pytest -q tests
+
+lint: setup  ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@rm -rf work/.typecheck && mkdir -p work/.typecheck/bevkd
+	@for d in pipeline stages storage datasets models distill; do ln -s ../../../$$d work/.typecheck/bevkd/$$d; done
+	cd work/.typecheck && ../../$(BIN)/mypy -p bevkd
+
+demo-data: setup  ## write the synthetic demo dataset (nuScenes format) under $(DATA)
+	$(BEVKD) make-demo-data --out $(DATA) --preset demo
+
+train-teacher: setup  ## train a teacher (CONFIG=configs/demo/lidar_teacher.yaml by default)
+	$(BEVKD) train-teacher --config $(or $(CONFIG),configs/demo/lidar_teacher.yaml) $(SET)
+
+cache-teacher: setup  ## run the teachers once and write the store (demo: work/demo/teacher.zarr)
+	$(BEVKD) cache-teacher $(if $(CONFIG),--config $(CONFIG),--demo) $(SET)
+
+demo: setup  ## run the whole pipeline on the embedded synthetic default
+	$(BEVKD) demo --out $(OUT)
+
+clean:  ## remove every generated artifact (work/)
+	rm -rf work

@@ -1,0 +1,61 @@
+"""The ``bevkd`` command line. Commands are loaded lazily, so ``bevkd --help`` and
+``bevkd config show`` never import torch, spconv or zarr."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+# command name -> "module:attribute" of a click command; the module is imported on use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("bevkd.pipeline.commands.config", "Show and check resolved configs."),
+    "make-demo-data": ("bevkd.pipeline.commands.demo_data", "Write the synthetic driving world in nuScenes or KITTI format."),
+    "index": ("bevkd.pipeline.commands.index", "Build or show the frame index of a dataset root."),
+    "evaluate": ("bevkd.pipeline.commands.evaluate", "Evaluate detections (nuScenes devkit or KITTI AP|R40)."),
+    "train-teacher": ("bevkd.pipeline.commands.train_teacher", "Train a LiDAR, fusion or label-encoder teacher."),
+    "cache-teacher": ("bevkd.pipeline.commands.cache_teacher", "Run teachers once and write the teacher store."),
+    "store": ("bevkd.pipeline.commands.store", "Inspect, verify, copy and draw teacher stores."),
+    "demo": ("bevkd.pipeline.commands.demo", "Run the whole pipeline on the embedded synthetic default."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text from the table, so `bevkd --help` imports nothing heavy.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bevkd")
+def cli() -> None:
+    """bevkd: cached cross-modal knowledge distillation for camera BEV 3D detection.
+
+    Stage one (cache-teacher) runs LiDAR / fusion teachers and the label encoder once and
+    writes a checksummed Zarr store; stage two (train-student) trains camera students
+    against it. Every stage takes --config FILE.yaml and repeatable --set key.sub=value.
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from bevkd.pipeline.errors import run_cli
+
+    return run_cli(cli, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

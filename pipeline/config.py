@@ -1,0 +1,360 @@
+"""Configuration: frozen dataclasses hold the defaults, one flat YAML per experiment holds the deltas.
+
+Resolution order: dataclass defaults < YAML file < ``--set a.b=value`` overrides (last wins).
+Unknown keys are errors that name the key and its nearest valid spelling. Derived values
+(grid shapes, strides) are properties computed from the config, never configured.
+
+This module is a leaf: it imports no other bevkd folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be resolved; the message names the key and file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Defaults are the embedded synthetic demo; configs/ hold the deltas for other runs.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where frames come from and how they are turned into samples."""
+
+    format: str = "nuscenes"  # nuscenes | kitti
+    root: str = "work/demo/data"
+    version: str = "v1.0-trainval"
+    train_split: str = "train"
+    val_split: str = "val"
+    unlabeled_split: str = "unlabeled"
+    cameras: tuple[str, ...] = (
+        "CAM_FRONT_LEFT",
+        "CAM_FRONT",
+        "CAM_FRONT_RIGHT",
+        "CAM_BACK_LEFT",
+        "CAM_BACK",
+        "CAM_BACK_RIGHT",
+    )
+    image_size: tuple[int, int] = (128, 224)  # network input (H, W) after resize + crop
+    lidar_sweeps: int = 1  # keyframe + (lidar_sweeps - 1) earlier sweeps
+    depth_stride: int = 8  # LiDAR depth maps at image_size / depth_stride
+    # augmentation (train only); every draw is recorded as matrices on the sample
+    resize_jitter: tuple[float, float] = (0.94, 1.06)
+    image_flip: bool = True
+    photometric: bool = True
+    bev_rotation_deg: float = 22.5
+    bev_scale: tuple[float, float] = (0.95, 1.05)
+    bev_flip: bool = True
+    # KITTI only: keep points inside the front camera's frustum, as CMKD does
+    crop_points_to_camera: bool = False
+    # KITTI only: the KITTI raw root (holds <date>/<date>_drive_<nnnn>_sync/); empty = <root>/raw
+    kitti_raw_root: str = ""
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Voxel grid of the LiDAR teacher and the BEV grid every stage shares."""
+
+    point_cloud_range: tuple[float, float, float, float, float, float] = (
+        -25.6,
+        -25.6,
+        -2.0,
+        25.6,
+        25.6,
+        4.0,
+    )
+    voxel_size: tuple[float, float, float] = (0.2, 0.2, 0.25)
+    bev_stride: int = 4  # BEV cell = voxel_size * bev_stride
+
+    @property
+    def voxel_shape(self) -> tuple[int, int, int]:
+        """(nx, ny, nz) voxels covering the range."""
+        lo, hi = self.point_cloud_range[:3], self.point_cloud_range[3:]
+        return tuple(round((h - low) / s) for low, h, s in zip(lo, hi, self.voxel_size, strict=True))  # type: ignore[return-value]
+
+    @property
+    def bev_cell(self) -> float:
+        return self.voxel_size[0] * self.bev_stride
+
+    @property
+    def bev_shape(self) -> tuple[int, int]:
+        """(H, W) of the BEV grid: rows along y, columns along x."""
+        nx, ny, _ = self.voxel_shape
+        return ny // self.bev_stride, nx // self.bev_stride
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network sizes. One section serves every teacher and student kind; each uses its part."""
+
+    kind: str = "lidar"  # lidar | fusion | label_encoder | camera
+    lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
+    max_points_per_voxel: int = 10
+    max_voxels: int = 40000
+    sparse_channels: tuple[int, ...] = (16, 32, 64, 64)
+    bev_channels: int = 128  # channels of the distilled BEV feature (lidar_bev)
+    bev_backbone_layers: tuple[int, ...] = (3, 3)
+    head_channels: int = 64
+    camera_bev_channels: int = 64
+    image_backbone_channels: tuple[int, ...] = (32, 64, 128)
+    depth_bins: tuple[float, float, float] = (1.0, 40.0, 1.0)  # (min, max, step) metres
+    label_encoder_channels: int = 128
+    checkpoint: str = ""  # a teacher checkpoint to load (label encoder: the frozen LiDAR teacher)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """CenterPoint head targets and decoding."""
+
+    gaussian_overlap: float = 0.1
+    min_radius: int = 2
+    score_threshold: float = 0.1
+    nms_iou: float = 0.2
+    max_detections: int = 300
+    heatmap_weight: float = 1.0
+    regression_weight: float = 0.25
+    # per-channel L1 weights in REGRESSION_CHANNELS order (CenterPoint: velocity at 0.2)
+    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+    pre_nms_top_k: int = 500  # candidates taken from the heatmap peaks before NMS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: optimiser, schedule, checkpoints."""
+
+    out_dir: str = "work/demo/teacher_lidar"
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    grad_clip: float = 35.0
+    grad_accum: int = 1
+    amp: bool = True  # only takes effect on CUDA
+    num_workers: int = 2
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 1  # epochs
+    eval_every: int = 0  # epochs; 0 evaluates only at the end
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where and how stage one writes the teacher store."""
+
+    url: str = "work/demo/teacher.zarr"
+    shard_size: int = 8  # frames per shard: the unit of work and of resumption
+    codecs: tuple[tuple[str, str], ...] = ()  # (field, codec) overrides of the per-kind defaults
+    storage_options: tuple[tuple[str, str], ...] = ()  # fsspec options, e.g. endpoint_url
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Stage one: which teachers run over which frames."""
+
+    teachers: tuple[str, ...] = ("lidar", "label_encoder")
+    lidar_checkpoint: str = "work/demo/teacher_lidar/best.pt"
+    fusion_checkpoint: str = ""
+    label_encoder_checkpoint: str = "work/demo/teacher_label/best.pt"
+    splits: tuple[str, ...] = ("train", "val", "unlabeled")
+    lidar_bev_scales: tuple[int, ...] = (1,)  # 1 = the BEV grid; 2 = half resolution too
+    scheduler: str = ""  # a dask scheduler address; empty starts a LocalCluster
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    retries: int = 2
+    max_frames: int = 0  # 0 = all
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    eval_set: str = "val"
+    render_curves: bool = False
+    # nuScenes eval radius in metres; 0 = the devkit's per-class ranges capped at the BEV grid
+    class_range: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of one experiment."""
+
+    name: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    classes: tuple[str, ...] = (
+        "car",
+        "truck",
+        "construction_vehicle",
+        "bus",
+        "trailer",
+        "barrier",
+        "motorcycle",
+        "bicycle",
+        "pedestrian",
+        "traffic_cone",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism
+# --------------------------------------------------------------------------------------------
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, strictly."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError("; ".join(errors))
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a (partial) mapping; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON-ready data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{'a': {'b': {'c': value}}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key.sub=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Resolve defaults < YAML file < overrides into a frozen :class:`Config`."""
+    delta: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        delta = loaded
+    for text in overrides:
+        delta = _merge(delta, parse_override(text))
+    try:
+        return from_dict(Config, delta)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+
+
+def config_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_sha256(cfg: Config) -> str:
+    """Hash of the resolved config (canonical JSON), stored beside every output."""
+    canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def save_resolved(cfg: Config, out_dir: str | Path) -> Path:
+    """Write ``config.yaml`` and ``config.sha256`` into ``out_dir``; returns the YAML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config_yaml(cfg))
+    (out / "config.sha256").write_text(config_sha256(cfg) + "\n")
+    return out / "config.yaml"
