@@ -60,11 +60,14 @@ class DataConfig:
     photometric: bool = True
     bev_rotation_deg: float = 22.5
     bev_scale: tuple[float, float] = (0.95, 1.05)
-    bev_flip: bool = True
+    bev_flip: str = "xy"  # axes that may be mirrored: "", "x" (x -> -x), "y" (y -> -y), "xy"
     # KITTI only: keep points inside the front camera's frustum, as CMKD does
     crop_points_to_camera: bool = False
     # KITTI only: the KITTI raw root (holds <date>/<date>_drive_<nnnn>_sync/); empty = <root>/raw
     kitti_raw_root: str = ""
+    # KITTI only: image pixels per real-KITTI pixel (375-px-high images = 1.0); scales the
+    # AP|R40 2D-height difficulty thresholds (40/25/25 px) for exports at another resolution
+    kitti_pixel_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,16 @@ class ModelConfig:
     lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
     max_points_per_voxel: int = 10
     max_voxels: int = 40000
-    sparse_channels: tuple[int, ...] = (16, 32, 64, 64)
-    bev_channels: int = 128  # channels of the distilled BEV feature (lidar_bev)
-    bev_backbone_layers: tuple[int, ...] = (3, 3)
-    head_channels: int = 64
+    sparse_channels: tuple[int, ...] = (16, 32, 64, 64)  # input, one per stride-2 stage, z-compressing output
+    sparse_layers: int = 1  # SubMConv3d layers after each strided sparse conv (SECOND: 2)
+    bev_channels: int = 64  # channels of the distilled BEV feature (lidar_bev); demo-sized for CPU
+    bev_backbone_layers: tuple[int, ...] = (2, 2)
+    head_channels: int = 32
     camera_bev_channels: int = 64
     image_backbone_channels: tuple[int, ...] = (32, 64, 128)
     depth_bins: tuple[float, float, float] = (1.0, 40.0, 1.0)  # (min, max, step) metres
-    label_encoder_channels: int = 128
+    depth_loss_weight: float = 3.0  # camera branch depth BCE (BEVDepth's factor)
+    label_encoder_channels: int = 64  # LabelDistill: 256; 64 keeps the demo a few CPU minutes
     checkpoint: str = ""  # a teacher checkpoint to load (label encoder: the frozen LiDAR teacher)
 
 

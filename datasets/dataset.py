@@ -1,0 +1,167 @@
+"""A torch Dataset over any list of :class:`Frame` records, yielding augmented :class:`Sample`.
+
+Dataset-specific reading stays behind the Frame record (paths, calibration, GT in the ego
+frame), so nuScenes keyframes, nuScenes sweeps and KITTI frames all load through this class.
+
+Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same frame
+in the same epoch gets the same draw whatever the worker count. Call :meth:`set_epoch` before
+each epoch (with non-persistent DataLoader workers, which copy the dataset at start).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bevkd.datasets.augment import apply_image_aug, draw_bev_aug, draw_image_aug, intrinsics_4x4
+from bevkd.datasets.depth import depth_map
+from bevkd.datasets.frame import CameraRecord, Frame, Sample
+from bevkd.datasets.loading import describe, load_image, load_points
+from bevkd.pipeline.config import Config, DataConfig
+from bevkd.pipeline.errors import DataError
+from bevkd.pipeline.geometry import transform_boxes, transform_points
+
+
+class FrameDataset(torch.utils.data.Dataset):
+    """Loads frames; ``train=True`` draws random augmentation, ``train=False`` uses none.
+
+    ``cameras``: the camera names to load, in this order (default ``data.cameras``); a frame
+    without one of them is an error naming the frame and the cameras it has.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        data: DataConfig,
+        train: bool = False,
+        seed: int = 0,
+        cameras: Sequence[str] | None = None,
+    ) -> None:
+        self.frames = list(frames)
+        self.data = data
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.cameras = tuple(cameras if cameras is not None else data.cameras)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def rng(self, index: int) -> np.random.Generator | None:
+        """The augmentation generator of one frame this epoch; None when not training."""
+        return np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+
+    def __getitem__(self, index: int) -> Sample:
+        frame = self.frames[index]
+        where = describe(frame, index)
+        rng = self.rng(index)
+        bev_aug = draw_bev_aug(self.data, rng)
+        points = load_points(frame, self.data.lidar_sweeps, where)
+        if self.data.crop_points_to_camera:
+            # CMKD's KITTI setting: only points the camera sees (in the ego frame, before BEV aug).
+            from bevkd.datasets.kitti import crop_points_to_camera
+
+            points = crop_points_to_camera(points, frame)
+        points = transform_points(points, bev_aug)
+        boxes = transform_boxes(frame.boxes, bev_aug) if frame.has_label else np.zeros((0, 9))
+        labels = frame.labels if frame.has_label else np.zeros((0,), np.int64)
+        # Depth from the keyframe sweep only: earlier sweeps smear moving objects.
+        key_points = points[points[:, 4] == 0.0]
+
+        images, cam2img, cam2ego, img_aug, depth = [], [], [], [], []
+        for camera in self._cameras(frame, where):
+            pixels = load_image(camera.image_path, where)
+            _check_size(camera, pixels, where)
+            aug = draw_image_aug((pixels.shape[1], pixels.shape[0]), self.data, rng)
+            intrinsics = aug.matrix @ intrinsics_4x4(camera.cam2img)
+            extrinsics = bev_aug @ camera.cam2ego
+            images.append(apply_image_aug(pixels, aug))
+            cam2img.append(intrinsics)
+            cam2ego.append(extrinsics)
+            img_aug.append(aug.matrix)
+            depth.append(
+                depth_map(
+                    key_points, extrinsics, intrinsics, self.data.image_size, self.data.depth_stride
+                )
+            )
+        return Sample(
+            token=frame.token,
+            index=index,
+            has_label=frame.has_label,
+            images=torch.from_numpy(np.stack(images)),
+            cam2img=_f32(np.stack(cam2img)),
+            cam2ego=_f32(np.stack(cam2ego)),
+            img_aug=_f32(np.stack(img_aug)),
+            bev_aug=_f32(bev_aug),
+            points=torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+            gt_boxes=_f32(boxes),
+            gt_labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            depth=torch.from_numpy(np.stack(depth)),
+        )
+
+    def _cameras(self, frame: Frame, where: str) -> list[CameraRecord]:
+        by_name = {c.name: c for c in frame.cameras}
+        missing = [name for name in self.cameras if name not in by_name]
+        if missing:
+            raise DataError(
+                f"{where}: no camera {', '.join(missing)} (the frame has {', '.join(by_name) or 'none'}); "
+                "set data.cameras"
+            )
+        return [by_name[name] for name in self.cameras]
+
+
+def _f32(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _check_size(camera: CameraRecord, pixels: np.ndarray, where: str) -> None:
+    # The intrinsics belong to the recorded size; another size means the wrong file.
+    if (
+        camera.width
+        and camera.height
+        and (pixels.shape[1], pixels.shape[0]) != (camera.width, camera.height)
+    ):
+        raise DataError(
+            f"{where}: camera image {camera.image_path} is {pixels.shape[1]}x{pixels.shape[0]}, "
+            f"but the dataset records {camera.width}x{camera.height}"
+        )
+
+
+def split_name(data: DataConfig, role: str) -> str:
+    """The dataset's split name for a role: "train", "val" or "unlabeled"."""
+    names = {"train": data.train_split, "val": data.val_split, "unlabeled": data.unlabeled_split}
+    if role not in names:
+        raise ValueError(f"unknown split role '{role}' (expected train, val or unlabeled)")
+    return names[role]
+
+
+def load_frames(cfg: Config, role: str) -> list[Frame]:
+    """Frames of a split role ("train", "val", "unlabeled") of the dataset ``cfg.data`` names.
+
+    nuScenes reads :mod:`bevkd.datasets.nuscenes_index`; KITTI
+    :func:`bevkd.datasets.kitti.frames_from_config` (each imported only when asked for).
+    """
+    split = split_name(cfg.data, role)
+    if cfg.data.format == "nuscenes":
+        from bevkd.datasets.nuscenes_index import load_index
+
+        return load_index(cfg.data).frames(split)
+    if cfg.data.format == "kitti":
+        kitti = importlib.import_module("bevkd.datasets.kitti")
+        frames: list[Frame] = kitti.frames_from_config(cfg, split)
+        return frames
+    raise DataError(f"unknown data.format '{cfg.data.format}' (expected nuscenes or kitti)")
+
+
+def build_dataset(cfg: Config, role: str, train: bool | None = None) -> FrameDataset:
+    """The dataset of a split role; augmentation on for "train" unless ``train`` says otherwise."""
+    frames = load_frames(cfg, role)
+    return FrameDataset(
+        frames, cfg.data, train=role == "train" if train is None else train, seed=cfg.train.seed
+    )

@@ -1,0 +1,83 @@
+"""Teacher builders: a literal ``model.kind -> builder`` table; each builder takes the whole
+:class:`Config` and returns a module constructed from explicit, typed arguments.
+
+Builders import their modules inside the function, so importing this table never imports
+spconv (only building a voxel-encoder LiDAR teacher does). To add a teacher, add one line to
+:data:`TEACHER_BUILDERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from bevkd.models.fusion_teacher import build_fusion_teacher
+from bevkd.models.label_encoder import build_label_encoder_teacher
+from bevkd.pipeline.config import Config, ConfigError
+
+# Per-point features after the batch column: x, y, z, intensity, time-lag (datasets.frame.Batch).
+POINT_FEATURES = 5
+
+
+def build_lidar_encoder(cfg: Config) -> nn.Module:
+    """The point encoder named by ``model.lidar_encoder``: ``voxel`` (spconv) or ``pillar``."""
+    grid, model = cfg.grid, cfg.model
+    if model.lidar_encoder == "voxel":
+        from bevkd.models.sparse_encoder import SparseEncoder  # imports spconv
+
+        return SparseEncoder(
+            POINT_FEATURES,
+            grid.point_cloud_range,
+            grid.voxel_size,
+            grid.bev_stride,
+            model.sparse_channels,
+            model.max_points_per_voxel,
+            model.max_voxels,
+            layers=model.sparse_layers,
+        )
+    if model.lidar_encoder == "pillar":
+        from bevkd.models.pillar_encoder import PillarEncoder
+
+        return PillarEncoder(
+            POINT_FEATURES,
+            grid.point_cloud_range,
+            grid.voxel_size,
+            grid.bev_stride,
+            model.sparse_channels,
+            max_pillars=model.max_voxels,
+        )
+    raise ConfigError(
+        f"model.lidar_encoder '{model.lidar_encoder}' is unknown; use 'voxel' or 'pillar'"
+    )
+
+
+def build_lidar_teacher(cfg: Config) -> nn.Module:
+    """CenterPoint-style :class:`LidarTeacher` from ``cfg.grid``, ``cfg.model``, ``cfg.head``."""
+    from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
+    from bevkd.models.head import CenterHead
+    from bevkd.models.lidar_teacher import LidarTeacher
+
+    encoder = build_lidar_encoder(cfg)
+    bev_channels = cfg.model.bev_channels
+    backbone = SECONDBackbone(encoder.out_channels, bev_channels, cfg.model.bev_backbone_layers)
+    neck = SECONDFPN(bev_channels, up_channels=bev_channels)
+    head = CenterHead(neck.out_channels, len(cfg.classes), cfg.model.head_channels)
+    return LidarTeacher(cfg.grid, cfg.head, cfg.classes, encoder, backbone, neck, head)
+
+
+TEACHER_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
+    "lidar": build_lidar_teacher,
+    "fusion": build_fusion_teacher,
+    "label_encoder": build_label_encoder_teacher,
+}
+
+
+def build_teacher(cfg: Config) -> nn.Module:
+    """Build the teacher named by ``cfg.model.kind``."""
+    builder = TEACHER_BUILDERS.get(cfg.model.kind)
+    if builder is None:
+        raise ConfigError(
+            f"model.kind '{cfg.model.kind}' has no teacher builder; known kinds: {sorted(TEACHER_BUILDERS)}"
+        )
+    return builder(cfg)

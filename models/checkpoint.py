@@ -1,0 +1,74 @@
+"""Checkpoints: weights plus the resolved config and provenance that made them.
+
+A checkpoint carries its own resolved config, so a teacher is rebuilt from the file alone:
+``load_teacher(path)`` needs no config of the caller's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bevkd.pipeline.config import Config, config_sha256, from_dict, to_dict
+from bevkd.pipeline.errors import BevkdError
+from bevkd.pipeline.provenance import environment, sha256_file
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(BevkdError):
+    """A checkpoint file that is missing, unreadable or of another kind than expected."""
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **state: Any) -> Path:
+    """Write atomically (temp file + rename), so a killed job never leaves a half checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "config": to_dict(cfg),
+        "config_sha256": config_sha256(cfg),
+        "provenance": environment(),
+        **state,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (train it with `bevkd train-teacher`)")
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if payload.get("version") != CHECKPOINT_VERSION or "model" not in payload:
+        raise CheckpointError(f"{path} is not a bevkd checkpoint of version {CHECKPOINT_VERSION}")
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any]) -> Config:
+    return from_dict(Config, payload["config"])
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, str]:
+    """Rebuild a trained teacher from its checkpoint: (model in eval mode and frozen, its config,
+    the checkpoint file's sha256)."""
+    from bevkd.models.builders import build_teacher
+
+    payload = load_checkpoint(path, map_location=device)
+    cfg = checkpoint_config(payload)
+    model = build_teacher(cfg)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, cfg, sha256_file(path)

@@ -1,0 +1,58 @@
+"""``bevkd cache-teacher``: stage one."""
+
+from __future__ import annotations
+
+import click
+
+from bevkd.pipeline.options import config_options, resolve
+
+
+@click.command("cache-teacher")
+@config_options
+@click.option("--store", "store_url", default=None, help="Store URL (path, s3://, gs://, memory://); overrides store.url.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler; default: start a LocalCluster.")
+@click.option("--workers", type=int, default=None, help="LocalCluster worker processes (0 = run in this process).")
+@click.option("--demo", is_flag=True, help="Build everything the embedded demo needs first (data, teacher checkpoints).")
+def command(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    store_url: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    demo: bool,
+) -> None:
+    """Run the teachers in cache.teachers (lidar, fusion, label_encoder) once over the frames of
+    cache.splits (labelled train/val keyframes and unlabeled sweeps or KITTI raw frames) and
+    write their BEV features, heatmaps, box regressions, decoded boxes and label embeddings
+    into a chunked, compressed, checksummed Zarr store.
+
+    One dask task per shard (store.shard_size frames), retried on failure. Rerunning after a
+    crash resumes: written shards are skipped and the result equals an uninterrupted run.
+    Frames that fail to load are recorded as skipped with their reason (see `bevkd store info`).
+
+    \b
+    Examples:
+      bevkd cache-teacher --demo                       # the embedded demo, end to end
+      bevkd cache-teacher --config configs/demo/cache.yaml --store s3://bucket/teacher.zarr
+      bevkd cache-teacher --config configs/nuscenes/cache.yaml --scheduler tcp://host:8786
+    """
+    extra = list(overrides)
+    if store_url:
+        extra.append(f"store.url={store_url}")
+    if scheduler:
+        extra.append(f"cache.scheduler={scheduler}")
+    if workers is not None:
+        extra.append(f"cache.n_workers={workers}")
+    if demo:
+        from bevkd.stages.demo import prepare_teachers
+
+        cfg = prepare_teachers(config_path or "configs/demo/cache.yaml", tuple(extra))
+    else:
+        cfg = resolve(config_path, tuple(extra))
+    from bevkd.stages.cache_teacher import run
+
+    result = run(cfg)
+    click.echo(
+        f"store {result.url}: {result.frames} frames, {result.shards_written} shards written this run, "
+        f"{len(result.skipped)} skipped, {result.seconds:.1f} s"
+    )

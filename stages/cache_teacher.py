@@ -1,0 +1,178 @@
+"""Stage one: run the teachers once over the chosen frames and write the teacher store.
+
+The shard (a block of whole frames) is the unit of work: one dask task per unwritten shard,
+retried on failure, writing its frames whole and then marking the shard written. A rerun
+after a crash skips written shards, so the finished store is the one an uninterrupted run
+gives. Teachers are loaded once per worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bevkd.datasets.dataset import FrameDataset, load_frames
+from bevkd.datasets.frame import Frame
+from bevkd.pipeline.config import Config, config_sha256, config_yaml, from_dict, save_resolved, to_dict
+from bevkd.pipeline.errors import BevkdError
+from bevkd.pipeline.geometry import BEVGrid
+from bevkd.stages import teacher_runner
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    url: str
+    frames: int
+    shards_written: int
+    skipped: dict[int, str]
+    seconds: float
+
+
+def select_frames(cfg: Config) -> list[Frame]:
+    """Frames of every split role in ``cache.splits``, in order, ``cache.max_frames`` per role."""
+    frames: list[Frame] = []
+    for role in cfg.cache.splits:
+        chosen = load_frames(cfg, role)
+        frames.extend(chosen[: cfg.cache.max_frames] if cfg.cache.max_frames else chosen)
+    if not frames:
+        raise BevkdError(f"cache.splits {list(cfg.cache.splits)} select no frames under {cfg.data.root}")
+    return frames
+
+
+def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
+    """The store contract, with field shapes read off one real forward of every teacher."""
+    from bevkd.storage.fields import (
+        bev_feature_field,
+        box_regression_field,
+        boxes_field,
+        embedding_field,
+        heatmap_field,
+    )
+    from bevkd.storage.schema import SCHEMA_VERSION, StoreContract
+
+    probe = _first_loadable(cfg, frames)
+    overrides = dict(cfg.store.codecs)
+    fields = []
+    with torch.no_grad():
+        for name in cfg.cache.teachers:
+            spec = teacher_runner.TEACHER_FIELDS[name]
+            model, _, _ = teacher_runner.load_teacher_once(teacher_runner.checkpoint_of(cfg, name), torch.device("cpu"))
+            out = teacher_runner.forward_frozen(model, [probe], torch.device("cpu"))
+            for src, dst in teacher_runner.wanted_features(name, cfg.cache.lidar_bev_scales).items():
+                c, h, w = out.features[src].shape[1:]
+                make = embedding_field if spec.labeled_only else bev_feature_field
+                fields.append(make(dst, c, h, w, codec=overrides.get(dst)))
+            if spec.heatmap:
+                k, h, w = out.head.heatmap.shape[1:]
+                fields.append(heatmap_field(spec.heatmap, k, h, w, codec=overrides.get(spec.heatmap)))
+                fields.append(box_regression_field(spec.regression, h, w, codec=overrides.get(spec.regression)))
+                fields.append(boxes_field(spec.boxes, capacity=cfg.head.max_detections))
+    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    return StoreContract(SCHEMA_VERSION, grid, tuple(cfg.classes), tuple(fields))
+
+
+def _first_loadable(cfg: Config, frames: list[Frame]) -> Any:
+    dataset = FrameDataset(frames, cfg.data, train=False)
+    errors = []
+    for i in range(len(frames)):
+        if frames[i].has_label or "label_encoder" not in cfg.cache.teachers:
+            try:
+                return dataset[i]
+            except BevkdError as exc:
+                errors.append(str(exc))
+                if len(errors) >= 5:
+                    break
+    raise BevkdError("no loadable labelled frame to size the store's fields: " + "; ".join(errors))
+
+
+def _shard_task(cfg_dict: dict, url: str, shard_id: int, frames: list[Frame], first: int, storage_options: dict | None) -> int:
+    """One dask task: run the teachers over a shard and write it. Idempotent."""
+    from bevkd.storage.writer import StoreWriter
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(max(1, threads))
+    cfg = from_dict(Config, cfg_dict)
+    writer = StoreWriter.open(url, storage_options)
+    if writer.is_written(shard_id):
+        return 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arrays, boxes, skipped = teacher_runner.run_shard(
+        cfg, frames, first, cfg.cache.teachers, device, batch_size=cfg.train.batch_size
+    )
+    writer.write_shard(shard_id, arrays, boxes, skipped)
+    return len(frames) - len(skipped)
+
+
+def run(cfg: Config, resume: bool = True) -> CacheResult:
+    """Cache ``cfg.cache.teachers`` over ``cfg.cache.splits`` into ``cfg.store.url``."""
+    from bevkd.storage.schema import make_provenance
+    from bevkd.storage.writer import StoreWriter
+
+    started = time.perf_counter()
+    frames = select_frames(cfg)
+    contract = plan_contract(cfg, frames)
+    tokens = [f.token for f in frames]
+    teachers = teacher_runner.describe_teachers(cfg, cfg.cache.teachers)
+    provenance = make_provenance(
+        teacher=", ".join(f"{k}: {v['architecture']}" for k, v in teachers.items()),
+        checkpoint_sha256={k: v["checkpoint_sha256"] for k, v in teachers.items()},
+        config_yaml=config_yaml(cfg),
+        config_sha256=config_sha256(cfg),
+        dataset_name=cfg.data.format,
+        dataset_version=cfg.data.version,
+        dataset_splits=list(cfg.cache.splits),
+        tokens=tokens,
+    )
+    provenance["teachers"] = teachers
+    storage_options = dict(cfg.store.storage_options) or None
+    writer = StoreWriter.create(
+        cfg.store.url, contract, tokens, [f.scene for f in frames], [f.split for f in frames],
+        [f.has_label for f in frames], provenance, shard_size=cfg.store.shard_size,
+        storage_options=storage_options, resume=resume,
+    )  # fmt: skip
+    pending = writer.pending_shards()
+    if "://" not in cfg.store.url:
+        save_resolved(cfg, Path(cfg.store.url).parent / (Path(cfg.store.url).name + ".config"))
+    cfg_dict = to_dict(cfg)
+    tasks = [(s, [frames[i] for i in writer.shard_frames(s)], writer.shard_frames(s).start) for s in pending]
+    bar = tqdm(total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1)
+    if cfg.cache.n_workers == 0 and not cfg.cache.scheduler:
+        for shard_id, shard_frames, first in tasks:  # single process, same code path per shard
+            bar.update(_shard_task(cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options))
+    else:
+        _run_distributed(cfg, cfg_dict, tasks, storage_options, bar)
+    bar.close()
+    summary = writer.finalize()
+    skipped = {int(k): v for k, v in summary.get("skipped", {}).items()} if isinstance(summary, dict) else {}
+    return CacheResult(cfg.store.url, len(frames), len(pending), skipped, time.perf_counter() - started)
+
+
+def _run_distributed(cfg: Config, cfg_dict: dict, tasks: list, storage_options: dict | None, bar: tqdm) -> None:
+    from distributed import as_completed
+
+    from bevkd.pipeline.cluster import dask_client, task_resources
+
+    with dask_client(cfg.cache.scheduler, cfg.cache.n_workers, cfg.cache.threads_per_worker) as client:
+        resources = task_resources(client)
+        futures = {
+            client.submit(
+                _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
+                key=f"cache-shard-{shard_id}-{np.random.default_rng().integers(1 << 30)}",
+                retries=cfg.cache.retries, resources=resources, pure=False,
+            ): shard_id
+            for shard_id, shard_frames, first in tasks
+        }  # fmt: skip
+        for future in as_completed(futures):
+            try:
+                bar.update(future.result())
+            except Exception as exc:  # a shard failed after its retries: say which, then stop
+                for other in futures:
+                    other.cancel()
+                raise BevkdError(f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}") from exc

@@ -1,0 +1,159 @@
+"""Worker side of stage one: load the teachers once per process, run them over one shard of
+frames, hand the arrays to the store writer.
+
+Which store field each teacher output becomes is one literal table (:data:`TEACHER_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bevkd.datasets.dataset import FrameDataset
+from bevkd.datasets.frame import Frame, Sample, collate
+from bevkd.models.outputs import TeacherOutput
+from bevkd.pipeline.config import Config
+from bevkd.pipeline.errors import BevkdError
+
+
+@dataclass(frozen=True)
+class TeacherFields:
+    """How one teacher's outputs are named in the store.
+
+    ``features``: teacher feature name -> field name; ``heatmap``/``regression``/``boxes``: the
+    head's field names (empty: not stored); ``labeled_only``: the teacher needs GT.
+    """
+
+    features: dict[str, str]
+    heatmap: str = ""
+    regression: str = ""
+    boxes: str = ""
+    labeled_only: bool = False
+
+
+TEACHER_FIELDS: dict[str, TeacherFields] = {
+    "lidar": TeacherFields(
+        features={"lidar_bev": "lidar_bev", "lidar_bev_s2": "lidar_bev_s2"},
+        heatmap="heatmap",
+        regression="box_regression",
+        boxes="boxes",
+    ),
+    "fusion": TeacherFields(
+        features={"camera_bev": "camera_bev", "lidar_bev": "fusion_lidar_bev", "fused_bev": "fused_bev"},
+        heatmap="fusion_heatmap",
+        regression="fusion_box_regression",
+        boxes="fusion_boxes",
+    ),
+    "label_encoder": TeacherFields(
+        features={"label_bev": "label_bev", "label_bev_s2": "label_bev_s2"}, labeled_only=True
+    ),
+}
+
+
+def wanted_features(name: str, scales: Sequence[int]) -> dict[str, str]:
+    """The feature -> field map of a teacher, keeping the stride-2 maps only if scale 2 is asked."""
+    table = TEACHER_FIELDS[name].features
+    return {k: v for k, v in table.items() if not k.endswith("_s2") or 2 in scales}
+
+
+def checkpoint_of(cfg: Config, name: str) -> str:
+    paths = {
+        "lidar": cfg.cache.lidar_checkpoint,
+        "fusion": cfg.cache.fusion_checkpoint,
+        "label_encoder": cfg.cache.label_encoder_checkpoint,
+    }
+    if name not in paths:
+        raise BevkdError(f"unknown teacher '{name}' in cache.teachers (expected {', '.join(paths)})")
+    if not paths[name]:
+        raise BevkdError(f"cache.teachers lists '{name}' but cache.{name}_checkpoint is empty")
+    return paths[name]
+
+
+# One process-wide cache: a dask worker loads each teacher once, not once per task.
+_LOADED: dict[tuple[str, str], tuple[nn.Module, Config, str]] = {}
+
+
+def load_teacher_once(path: str, device: torch.device) -> tuple[nn.Module, Config, str]:
+    from bevkd.models.checkpoint import load_teacher
+
+    key = (str(path), str(device))
+    if key not in _LOADED:
+        _LOADED[key] = load_teacher(path, device)
+    return _LOADED[key]
+
+
+def forward_frozen(model: nn.Module, samples: list[Sample], device: torch.device) -> TeacherOutput:
+    """One eval-mode, no-grad forward with decoding; refuses a teacher in training mode."""
+    if model.training or torch.is_grad_enabled():
+        raise RuntimeError("teachers must run in eval mode under torch.no_grad() when caching")
+    output: TeacherOutput = model(collate(samples).to(device), decode=True)
+    return output
+
+
+@torch.no_grad()
+def run_shard(
+    cfg: Config,
+    frames: Sequence[Frame],
+    first_index: int,
+    teachers: Sequence[str],
+    device: torch.device,
+    batch_size: int = 4,
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], dict[int, str]]:
+    """Run every teacher over ``frames`` (global indices from ``first_index``).
+
+    Returns ``(arrays, boxes, skipped)``: arrays per field stacked over the frames that loaded
+    (labelled-only fields over the labelled ones among them), box rows (N, 11) per frame, and
+    frame index -> reason for the frames that failed to load.
+    """
+    dataset = FrameDataset(frames, cfg.data, train=False)
+    samples: list[tuple[int, Sample]] = []
+    skipped: dict[int, str] = {}
+    for local in range(len(frames)):
+        try:
+            samples.append((first_index + local, dataset[local]))
+        except BevkdError as exc:  # a bad frame is recorded and the job goes on
+            skipped[first_index + local] = str(exc)
+    arrays: dict[str, list[np.ndarray]] = {}
+    boxes: dict[str, list[np.ndarray]] = {}
+    for name in teachers:
+        model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
+        spec = TEACHER_FIELDS[name]
+        chosen = [s for _, s in samples if s.has_label] if spec.labeled_only else [s for _, s in samples]
+        features = wanted_features(name, cfg.cache.lidar_bev_scales)
+        for start in range(0, len(chosen), batch_size):
+            out = forward_frozen(model, chosen[start : start + batch_size], device)
+            for src, dst in features.items():
+                arrays.setdefault(dst, []).append(out.features[src].float().cpu().numpy())
+            if spec.heatmap:
+                arrays.setdefault(spec.heatmap, []).append(out.head.heatmap.float().cpu().numpy())
+                arrays.setdefault(spec.regression, []).append(out.head.regression.float().cpu().numpy())
+                for det in out.detections:
+                    rows = torch.cat(
+                        [det.boxes.float(), det.scores.float()[:, None], det.labels.float()[:, None]], dim=1
+                    )
+                    boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
+    stacked = {k: np.concatenate(v) for k, v in arrays.items()}
+    return stacked, boxes, skipped
+
+
+def describe_teachers(cfg: Config, teachers: Sequence[str]) -> dict[str, Any]:
+    """Provenance of each teacher: architecture, checkpoint path and sha256, its config sha."""
+    from bevkd.pipeline.config import config_sha256
+
+    out = {}
+    for name in teachers:
+        model, tcfg, sha = load_teacher_once(checkpoint_of(cfg, name), torch.device("cpu"))
+        out[name] = {
+            "architecture": f"{type(model).__name__} ({tcfg.model.kind}, encoder {tcfg.model.lidar_encoder})",
+            "checkpoint": checkpoint_of(cfg, name),
+            "checkpoint_sha256": sha,
+            "config_sha256": config_sha256(tcfg),
+            "model": dataclasses.asdict(tcfg.model),
+        }
+    return out

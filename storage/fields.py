@@ -1,0 +1,52 @@
+"""Field constructors with the default codec of each kind.
+
+Defaults come from ``benchmarks/store_io.py`` on realistic teacher outputs (docs/store.md
+has the table): 8-bit per-channel quantization for the big, mostly-zero maps (BEV features,
+label embeddings) and for heatmap logits, fp16 for box regression (whose channels carry
+metres and m/s where a relative error bound reads better), lossless fp32 for boxes.
+"""
+
+from __future__ import annotations
+
+from bevkd.storage.schema import BOX_ROW_CHANNELS, REGRESSION_CHANNELS, FieldSpec
+
+DEFAULT_CODECS: dict[str, str] = {
+    "bev_feature": "uint8",
+    "embedding": "uint8",
+    "heatmap": "uint8",
+    "box_regression": "fp16",
+    "boxes": "fp32",
+}
+
+
+def bev_feature_field(name: str, channels: int, height: int, width: int, codec: str | None = None,
+                      labeled_only: bool = False) -> FieldSpec:  # fmt: skip
+    """A teacher BEV feature map ``(channels, height, width)``."""
+    return FieldSpec(name, "bev_feature", "float32", (channels, height, width),
+                     codec or DEFAULT_CODECS["bev_feature"], labeled_only=labeled_only)  # fmt: skip
+
+
+def embedding_field(name: str, channels: int, height: int, width: int, codec: str | None = None,
+                    labeled_only: bool = True) -> FieldSpec:  # fmt: skip
+    """A label-encoder BEV embedding; it needs GT, so it exists for labeled frames only."""
+    return FieldSpec(name, "embedding", "float32", (channels, height, width),
+                     codec or DEFAULT_CODECS["embedding"], labeled_only=labeled_only)  # fmt: skip
+
+
+def heatmap_field(name: str, classes: int, height: int, width: int, codec: str | None = None,
+                  activation: str = "logits") -> FieldSpec:  # fmt: skip
+    """Per-class centre heatmap ``(classes, height, width)``; logits unless declared otherwise."""
+    return FieldSpec(name, "heatmap", "float32", (classes, height, width),
+                     codec or DEFAULT_CODECS["heatmap"], heatmap_activation=activation)  # fmt: skip
+
+
+def box_regression_field(name: str, height: int, width: int, codec: str | None = None) -> FieldSpec:
+    """CenterPoint box regression ``(10, height, width)`` in :data:`REGRESSION_CHANNELS` order."""
+    return FieldSpec(name, "box_regression", "float32", (len(REGRESSION_CHANNELS), height, width),
+                     codec or DEFAULT_CODECS["box_regression"], channel_map=REGRESSION_CHANNELS)  # fmt: skip
+
+
+def boxes_field(name: str, capacity: int = 256, labeled_only: bool = False) -> FieldSpec:
+    """Decoded boxes, up to ``capacity`` rows of :data:`BOX_ROW_CHANNELS` per frame."""
+    return FieldSpec(name, "boxes", "float32", (capacity, len(BOX_ROW_CHANNELS)), "fp32",
+                     channel_map=BOX_ROW_CHANNELS, labeled_only=labeled_only)  # fmt: skip

@@ -1,0 +1,136 @@
+"""Store URLs: local paths and fsspec URLs (``s3://``, ``gs://``, ``memory://``) as Zarr stores.
+
+A user's S3 and the tests' loopback S3 (moto) go through the same code: fsspec/s3fs with
+``endpoint_url`` (and credentials, if not from the environment) in ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bevkd.storage.schema import StoreError
+
+T = TypeVar("T")
+
+# LocalStore writes "<key>.<uuid>.partial" then renames; a killed writer can leave one behind.
+PARTIAL_SUFFIX = ".partial"
+
+
+def is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    text = str(url)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on zarr's own event loop (the loop its fsspec stores are bound to)."""
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def open_zarr_store(
+    url: str, storage_options: dict[str, Any] | None = None, read_only: bool = True
+) -> Any:
+    """A zarr ``Store`` for ``url``; ``storage_options`` go to fsspec (ignored for local paths)."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if is_local(url):
+        path = local_path(url)
+        if read_only and not path.exists():
+            raise StoreError(
+                f"store {url}: no such directory; check the path or run cache-teacher first"
+            )
+        return LocalStore(path, read_only=read_only)
+    try:
+        return FsspecStore.from_url(
+            str(url), storage_options=dict(storage_options or {}), read_only=read_only
+        )
+    except (ImportError, ValueError) as exc:
+        raise StoreError(f"store {url}: cannot open this URL through fsspec ({exc})") from exc
+
+
+def list_keys(store: Any, prefix: str = "") -> list[str]:
+    """Every object key under ``prefix``, without leftover ``.partial`` temporaries."""
+
+    async def collect() -> list[str]:
+        return [key async for key in store.list_prefix(prefix)]
+
+    return sorted(k for k in run_sync(collect()) if not k.endswith(PARTIAL_SUFFIX))
+
+
+def object_sizes(store: Any) -> dict[str, int]:
+    """Every object key -> size in bytes, in one listing (one LIST per 1000 keys on S3).
+
+    ``.partial`` temporaries are left out.
+    """
+    import os
+
+    from zarr.storage import FsspecStore, LocalStore
+
+    if isinstance(store, LocalStore):
+        root = str(store.root)
+        out = {}
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(folder, name)
+                out[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
+    elif isinstance(store, FsspecStore):
+        root = store.path.rstrip("/")
+
+        async def find() -> dict[str, Any]:
+            return await store.fs._find(root, detail=True, withdirs=False)
+
+        out = {path[len(root) + 1 :]: int(info["size"]) for path, info in run_sync(find()).items()}
+    else:  # any other zarr store: list, then ask each size
+        keys = list_keys(store)
+
+        async def sizes() -> list[int]:
+            import asyncio
+
+            return list(await asyncio.gather(*(store.getsize(k) for k in keys)))
+
+        out = dict(zip(keys, run_sync(sizes()), strict=True))
+    return {k: v for k, v in out.items() if not k.endswith(PARTIAL_SUFFIX)}
+
+
+def prefix_bytes(sizes: dict[str, int], prefix: str) -> int:
+    """Bytes stored under ``prefix/``."""
+    head = prefix.rstrip("/") + "/"
+    return sum(v for k, v in sizes.items() if k.startswith(head))
+
+
+def parse_storage_options(text: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    """CLI options -> fsspec ``storage_options``: a JSON object, plus an S3 endpoint shortcut.
+
+    ``--storage-options '{"key": "...", "secret": "..."}' --endpoint http://127.0.0.1:9000``
+    """
+    options: dict[str, Any] = {}
+    if text:
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StoreError(
+                f"--storage-options must be a JSON object, got {text!r} ({exc.msg})"
+            ) from exc
+        if not isinstance(options, dict):
+            raise StoreError(f"--storage-options must be a JSON object, got {text!r}")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+@contextmanager
+def quiet_zarr() -> Iterator[None]:
+    """Silence zarr's notice that consolidated metadata is an extension (we know; it's 1 GET)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
