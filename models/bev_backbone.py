@@ -21,7 +21,10 @@ FEATURE_NAMES: tuple[str, str] = ("lidar_bev", "lidar_bev_s2")
 
 def _block(in_channels: int, out_channels: int, stride: int, layers: int) -> nn.Sequential:
     """A strided conv then ``layers`` 3x3 convs, each with BatchNorm + ReLU."""
-    return nn.Sequential(conv_bn_relu(in_channels, out_channels, stride), *[conv_bn_relu(out_channels, out_channels) for _ in range(layers)])
+    return nn.Sequential(
+        conv_bn_relu(in_channels, out_channels, stride),
+        *[conv_bn_relu(out_channels, out_channels) for _ in range(layers)],
+    )
 
 
 class SECONDBackbone(nn.Module):
@@ -30,7 +33,9 @@ class SECONDBackbone(nn.Module):
     def __init__(self, in_channels: int, bev_channels: int, layers: Sequence[int] = (3, 3)) -> None:
         super().__init__()
         if len(layers) != 2:
-            raise ValueError(f"model.bev_backbone_layers must have 2 entries (one per scale), got {tuple(layers)}")
+            raise ValueError(
+                f"model.bev_backbone_layers must have 2 entries (one per scale), got {tuple(layers)}"
+            )
         self.bev_channels = bev_channels
         self.block1 = _block(in_channels, bev_channels, 1, layers[0])
         self.block2 = _block(bev_channels, 2 * bev_channels, 2, layers[1])
@@ -47,7 +52,9 @@ class SECONDFPN(nn.Module):
         super().__init__()
         self.out_channels = 2 * up_channels
         self.deblock1 = nn.Sequential(
-            nn.Conv2d(bev_channels, up_channels, 1, bias=False), nn.BatchNorm2d(up_channels), nn.ReLU(inplace=True)
+            nn.Conv2d(bev_channels, up_channels, 1, bias=False),
+            nn.BatchNorm2d(up_channels),
+            nn.ReLU(inplace=True),
         )
         self.deblock2 = nn.Sequential(
             nn.ConvTranspose2d(2 * bev_channels, up_channels, 2, stride=2, bias=False),
@@ -58,5 +65,9 @@ class SECONDFPN(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         missing = [n for n in FEATURE_NAMES if n not in features]
         if missing:
-            raise KeyError(f"the neck needs features {FEATURE_NAMES}; missing {missing} (got {sorted(features)})")
-        return torch.cat([self.deblock1(features["lidar_bev"]), self.deblock2(features["lidar_bev_s2"])], dim=1)
+            raise KeyError(
+                f"the neck needs features {FEATURE_NAMES}; missing {missing} (got {sorted(features)})"
+            )
+        return torch.cat(
+            [self.deblock1(features["lidar_bev"]), self.deblock2(features["lidar_bev_s2"])], dim=1
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from bevkd.models.outputs import Detections, HeadOutput
 from bevkd.pipeline.config import HeadConfig
@@ -30,14 +30,24 @@ def decode_regression(regression: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
     y = (rows + r[:, 1]) * grid.cell + grid.y_min
     size = torch.exp(r[:, 3:6].clamp(max=6.0))  # clamp: an untrained head must not overflow
     yaw = torch.atan2(r[:, 6], r[:, 7])
-    return torch.stack([x, y, r[:, 2], size[:, 0], size[:, 1], size[:, 2], yaw, r[:, 8], r[:, 9]], dim=-1)
+    return torch.stack(
+        [x, y, r[:, 2], size[:, 0], size[:, 1], size[:, 2], yaw, r[:, 8], r[:, 9]], dim=-1
+    )
 
 
 def bev_corners_torch(boxes: torch.Tensor) -> torch.Tensor:
     """(N, 4, 2) counter-clockwise footprint corners of boxes (N, >=7)."""
     c, s = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])
     hl, hw = boxes[:, 3] / 2, boxes[:, 4] / 2
-    local = torch.stack([torch.stack([hl, hw], -1), torch.stack([-hl, hw], -1), torch.stack([-hl, -hw], -1), torch.stack([hl, -hw], -1)], dim=1)
+    local = torch.stack(
+        [
+            torch.stack([hl, hw], -1),
+            torch.stack([-hl, hw], -1),
+            torch.stack([-hl, -hw], -1),
+            torch.stack([hl, -hw], -1),
+        ],
+        dim=1,
+    )
     rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], dim=1)  # (N, 2, 2)
     return torch.einsum("nij,nkj->nki", rot, local) + boxes[:, None, :2]
 
@@ -71,7 +81,9 @@ def rotated_iou_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Ten
     cross_ok = (denom.abs() >= eps) & (t >= -eps) & (t <= 1 + eps) & (u >= -eps) & (u <= 1 + eps)
     crossings = (p + t[..., None] * r).reshape(-1, 16, 2)
     points = torch.cat([ca, cb, crossings], dim=1)  # (P, 24, 2)
-    valid = torch.cat([_inside(ca, cb, 1e-7), _inside(cb, ca, 1e-7), cross_ok.reshape(-1, 16)], dim=1)
+    valid = torch.cat(
+        [_inside(ca, cb, 1e-7), _inside(cb, ca, 1e-7), cross_ok.reshape(-1, 16)], dim=1
+    )
     count = valid.sum(dim=1, keepdim=True).clamp(min=1)
     centre = (points * valid[..., None]).sum(dim=1) / count
     angle = torch.atan2(points[..., 1] - centre[:, None, 1], points[..., 0] - centre[:, None, 0])
@@ -82,13 +94,17 @@ def rotated_iou_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Ten
     # Invalid slots repeat the first vertex: their shoelace terms vanish and the ring closes.
     sorted_pts = torch.where(sorted_valid[..., None], sorted_pts, sorted_pts[:, :1])
     nxt = sorted_pts.roll(-1, dims=1)
-    inter = 0.5 * (sorted_pts[..., 0] * nxt[..., 1] - sorted_pts[..., 1] * nxt[..., 0]).sum(dim=1).abs()
+    inter = (
+        0.5 * (sorted_pts[..., 0] * nxt[..., 1] - sorted_pts[..., 1] * nxt[..., 0]).sum(dim=1).abs()
+    )
     inter = torch.where(valid.sum(dim=1) >= 3, inter, torch.zeros_like(inter))
     area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
     return (inter / (area_a + area_b - inter).clamp(min=1e-12)).to(boxes_a.dtype)
 
 
-def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def rotated_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """Greedy per-class NMS on rotated BEV IoU; returns kept indices, by descending score."""
     order = torch.argsort(scores, descending=True)
     boxes, labels = boxes[order], labels[order]
@@ -98,7 +114,9 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     # Candidate pairs i < j of one class whose circumscribed circles overlap.
     radius = 0.5 * torch.hypot(boxes[:, 3], boxes[:, 4])
     dist = torch.cdist(boxes[:, :2].double(), boxes[:, :2].double())
-    near = (dist < (radius[:, None] + radius[None, :]).double()) & (labels[:, None] == labels[None, :])
+    near = (dist < (radius[:, None] + radius[None, :]).double()) & (
+        labels[:, None] == labels[None, :]
+    )
     near = torch.triu(near, diagonal=1)
     ii, jj = torch.nonzero(near, as_tuple=True)
     overlap = np.zeros((n, n), dtype=bool)

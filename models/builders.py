@@ -9,6 +9,7 @@ spconv (only building a voxel-encoder LiDAR teacher does). To add a teacher, add
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from torch import nn
 
@@ -60,7 +61,9 @@ def build_lidar_teacher(cfg: Config) -> nn.Module:
 
     encoder = build_lidar_encoder(cfg)
     bev_channels = cfg.model.bev_channels
-    backbone = SECONDBackbone(encoder.out_channels, bev_channels, cfg.model.bev_backbone_layers)
+    backbone = SECONDBackbone(
+        cast(int, encoder.out_channels), bev_channels, cfg.model.bev_backbone_layers
+    )
     neck = SECONDFPN(bev_channels, up_channels=bev_channels)
     head = CenterHead(neck.out_channels, len(cfg.classes), cfg.model.head_channels)
     return LidarTeacher(cfg.grid, cfg.head, cfg.classes, encoder, backbone, neck, head)

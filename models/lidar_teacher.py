@@ -18,7 +18,7 @@ from bevkd.datasets.frame import Batch
 from bevkd.models import box_coder, targets
 from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
 from bevkd.models.head import CenterHead
-from bevkd.models.outputs import HeadOutput, TeacherOutput
+from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.pipeline.config import GridConfig, HeadConfig
 from bevkd.pipeline.geometry import BEVGrid
 
@@ -68,7 +68,7 @@ class LidarTeacher(nn.Module):
         detections = self.decode(head_out) if decode else []
         return TeacherOutput(features=features, head=head_out, detections=detections)
 
-    def decode(self, head_out: HeadOutput) -> list:
+    def decode(self, head_out: HeadOutput) -> list[Detections]:
         """Detections per sample from a head output on this teacher's BEV grid."""
         return box_coder.decode(head_out, self.bev_grid, self.head_cfg)
 
@@ -80,9 +80,13 @@ class LidarTeacher(nn.Module):
         """
         labelled = [i for i in range(batch.size) if bool(batch.has_label[i])]
         if not labelled:
-            raise ValueError(f"batch {batch.tokens} has no labelled frames: the teacher is trained on labelled splits only")
+            raise ValueError(
+                f"batch {batch.tokens} has no labelled frames: the teacher is trained on labelled splits only"
+            )
         sel = torch.tensor(labelled, device=output.head.heatmap.device)
-        head_out = HeadOutput(output.head.heatmap.index_select(0, sel), output.head.regression.index_select(0, sel))
+        head_out = HeadOutput(
+            output.head.heatmap.index_select(0, sel), output.head.regression.index_select(0, sel)
+        )
         tgt = targets.build_targets(
             [batch.gt_boxes[i] for i in labelled],
             [batch.gt_labels[i] for i in labelled],

@@ -24,11 +24,16 @@ spconv_cpu.apply()
 
 def _block(conv: nn.Module, out_channels: int) -> spconv.SparseSequential:
     # BatchNorm1d over the active voxels' features, as in SECOND / CenterPoint.
-    return spconv.SparseSequential(conv, nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
+    return spconv.SparseSequential(
+        conv, nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True)
+    )
 
 
 def _subm(in_channels: int, out_channels: int, key: str) -> spconv.SparseSequential:
-    return _block(spconv.SubMConv3d(in_channels, out_channels, 3, padding=1, bias=False, indice_key=key), out_channels)
+    return _block(
+        spconv.SubMConv3d(in_channels, out_channels, 3, padding=1, bias=False, indice_key=key),
+        out_channels,
+    )
 
 
 def compressed_depth(nz: int, stages: int) -> int:
@@ -37,7 +42,9 @@ def compressed_depth(nz: int, stages: int) -> int:
         nz = (nz + 1) // 2
     depth = (nz - 3) // 2 + 1
     if depth < 1:
-        raise ValueError(f"the voxel grid has too few z cells for {stages} downsampling stages; lower grid.voxel_size[2] or widen the z range")
+        raise ValueError(
+            f"the voxel grid has too few z cells for {stages} downsampling stages; lower grid.voxel_size[2] or widen the z range"
+        )
     return depth
 
 
@@ -78,18 +85,44 @@ class SparseEncoder(nn.Module):
         self.stages = nn.ModuleList()
         for s in range(1, stages + 1):
             down = _block(
-                spconv.SparseConv3d(channels[s - 1], channels[s], 3, stride=2, padding=1, bias=False, indice_key=f"down{s}"),
+                spconv.SparseConv3d(
+                    channels[s - 1],
+                    channels[s],
+                    3,
+                    stride=2,
+                    padding=1,
+                    bias=False,
+                    indice_key=f"down{s}",
+                ),
                 channels[s],
             )
-            self.stages.append(spconv.SparseSequential(down, *[_subm(channels[s], channels[s], f"subm{s}") for _ in range(layers)]))
-        self.output_block = _block(spconv.SparseConv3d(channels[stages], channels[-1], (3, 1, 1), stride=(2, 1, 1), bias=False), channels[-1])
+            self.stages.append(
+                spconv.SparseSequential(
+                    down, *[_subm(channels[s], channels[s], f"subm{s}") for _ in range(layers)]
+                )
+            )
+        self.output_block = _block(
+            spconv.SparseConv3d(
+                channels[stages], channels[-1], (3, 1, 1), stride=(2, 1, 1), bias=False
+            ),
+            channels[-1],
+        )
         nz = round((self.point_cloud_range[5] - self.point_cloud_range[2]) / self.voxel_size[2])
         self.out_channels = channels[-1] * compressed_depth(nz, stages)
 
     def forward(self, points: torch.Tensor, batch_size: int) -> torch.Tensor:
-        vox = voxelize(points, batch_size, self.point_cloud_range, self.voxel_size, self.max_points_per_voxel, self.max_voxels)
+        vox = voxelize(
+            points,
+            batch_size,
+            self.point_cloud_range,
+            self.voxel_size,
+            self.max_points_per_voxel,
+            self.max_voxels,
+        )
         # spconv ignores strides: indices must be contiguous int32 (batch, z, y, x)
-        x = spconv.SparseConvTensor(vox.features, vox.coords.contiguous(), list(vox.spatial_shape), batch_size)
+        x = spconv.SparseConvTensor(
+            vox.features, vox.coords.contiguous(), list(vox.spatial_shape), batch_size
+        )
         x = self.input_block(x)
         for stage in self.stages:
             x = stage(x)

@@ -35,7 +35,12 @@ import torch
 _LOCK = threading.Lock()
 _APPLIED = False
 # modules that bind ``get_current_stream`` by name (``from ... import get_current_stream``)
-_STREAM_USERS = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash", "spconv.pytorch.utils")
+_STREAM_USERS = (
+    "spconv.pytorch.cppcore",
+    "spconv.pytorch.ops",
+    "spconv.pytorch.hash",
+    "spconv.pytorch.utils",
+)
 
 
 def _per_offset(filters: torch.Tensor, krsc: bool, hwio: bool) -> torch.Tensor:
@@ -44,7 +49,9 @@ def _per_offset(filters: torch.Tensor, krsc: bool, hwio: bool) -> torch.Tensor:
         return filters.reshape(filters.shape[0], -1, filters.shape[-1]).permute(1, 2, 0)
     if hwio:  # (*kernel, C_in, C_out)
         return filters.reshape(-1, filters.shape[-2], filters.shape[-1])
-    return filters.reshape(-1, filters.shape[-2], filters.shape[-1]).transpose(1, 2)  # (*kernel, C_out, C_in)
+    return filters.reshape(-1, filters.shape[-2], filters.shape[-1]).transpose(
+        1, 2
+    )  # (*kernel, C_out, C_in)
 
 
 def _pair_counts(indice_pair_num: torch.Tensor, subm: bool) -> list[int]:
@@ -53,7 +60,10 @@ def _pair_counts(indice_pair_num: torch.Tensor, subm: bool) -> list[int]:
     counts = indice_pair_num.cpu().tolist()
     kv = len(counts)
     if subm:
-        counts = [0 if i == kv // 2 else counts[kv - 1 - i] if i > kv // 2 else counts[i] for i in range(kv)]
+        counts = [
+            0 if i == kv // 2 else counts[kv - 1 - i] if i > kv // 2 else counts[i]
+            for i in range(kv)
+        ]
     return counts
 
 
@@ -134,8 +144,26 @@ def _dispatch_conv(original: Callable[..., Any]) -> Callable[..., Any]:
 
         act = kwargs.get("act_type", tv.gemm.Activation.None_)
         if features.is_cuda or act != tv.gemm.Activation.None_:
-            return original(features, filters, indice_pairs, indice_pair_num, num_activate_out, inverse, subm, **kwargs)
-        return indice_conv_cpu(features, filters, indice_pairs, indice_pair_num, num_activate_out, inverse, subm, kwargs.get("bias"))
+            return original(
+                features,
+                filters,
+                indice_pairs,
+                indice_pair_num,
+                num_activate_out,
+                inverse,
+                subm,
+                **kwargs,
+            )
+        return indice_conv_cpu(
+            features,
+            filters,
+            indice_pairs,
+            indice_pair_num,
+            num_activate_out,
+            inverse,
+            subm,
+            kwargs.get("bias"),
+        )
 
     indice_conv.bevkd_cpu_fix = True  # type: ignore[attr-defined]
     return indice_conv
@@ -146,8 +174,12 @@ def _dispatch_backward(original: Callable[..., Any]) -> Callable[..., Any]:
     def indice_conv_backward(features: torch.Tensor, filters: torch.Tensor, out_bp: torch.Tensor, indice_pairs: torch.Tensor,
                              indice_pair_num: torch.Tensor, inverse: bool = False, subm: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         if features.is_cuda:
-            return original(features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm, **kwargs)
-        return indice_conv_backward_cpu(features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm)
+            return original(
+                features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm, **kwargs
+            )
+        return indice_conv_backward_cpu(
+            features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm
+        )
 
     indice_conv_backward.bevkd_cpu_fix = True  # type: ignore[attr-defined]
     return indice_conv_backward
@@ -170,10 +202,10 @@ def apply() -> None:
         if _APPLIED:
             return
         for name in _STREAM_USERS:
-            module = importlib.import_module(name)
+            module: Any = importlib.import_module(name)
             if not getattr(module.get_current_stream, "bevkd_cpu_fix", False):
                 module.get_current_stream = _stream_or_zero(module.get_current_stream)
-        ops = importlib.import_module("spconv.pytorch.ops")
+        ops: Any = importlib.import_module("spconv.pytorch.ops")
         if not getattr(ops.indice_conv, "bevkd_cpu_fix", False):
             ops.indice_conv = _dispatch_conv(ops.indice_conv)
         if not getattr(ops.indice_conv_backward, "bevkd_cpu_fix", False):

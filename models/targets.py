@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from bevkd.models.outputs import REGRESSION_CHANNELS, HeadOutput
 from bevkd.pipeline.config import HeadConfig
@@ -59,24 +59,39 @@ def gaussian_radius(length: torch.Tensor, width: torch.Tensor, min_overlap: floa
     return torch.minimum(torch.minimum(r1, r2), r3)
 
 
-def _centre_cells(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int) -> tuple[torch.Tensor, ...]:
+def _centre_cells(
+    boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int
+) -> tuple[torch.Tensor, ...]:
     """Continuous (col, row), integer (col, row) and a validity mask of box centres."""
     col_f = (boxes[:, 0] - grid.x_min) / grid.cell
     row_f = (boxes[:, 1] - grid.y_min) / grid.cell
     col, row = torch.floor(col_f).long(), torch.floor(row_f).long()
-    valid = (col >= 0) & (col < grid.W) & (row >= 0) & (row < grid.H) & (labels >= 0) & (labels < num_classes)
+    valid = (
+        (col >= 0)
+        & (col < grid.W)
+        & (row >= 0)
+        & (row < grid.H)
+        & (labels >= 0)
+        & (labels < num_classes)
+    )
     return col_f, row_f, col, row, valid
 
 
-def _draw(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int, head_cfg: HeadConfig) -> torch.Tensor:
+def _draw(
+    boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int, head_cfg: HeadConfig
+) -> torch.Tensor:
     """(K, H, W) max over boxes of their class gaussians, for one sample."""
     heat = torch.zeros((num_classes, grid.H * grid.W), dtype=torch.float32, device=boxes.device)
     _, _, col, row, valid = _centre_cells(boxes, labels, grid, num_classes)
     if not bool(valid.any()):
         return heat.view(num_classes, grid.H, grid.W)
     boxes, labels, col, row = boxes[valid], labels[valid], col[valid], row[valid]
-    radius = gaussian_radius(boxes[:, 3].float() / grid.cell, boxes[:, 4].float() / grid.cell, head_cfg.gaussian_overlap)
-    radius = torch.clamp(torch.floor(radius), min=head_cfg.min_radius)  # CenterPoint: max(min, int(r))
+    radius = gaussian_radius(
+        boxes[:, 3].float() / grid.cell, boxes[:, 4].float() / grid.cell, head_cfg.gaussian_overlap
+    )
+    radius = torch.clamp(
+        torch.floor(radius), min=head_cfg.min_radius
+    )  # CenterPoint: max(min, int(r))
     sigma = (2 * radius + 1) / 6
     rows = torch.arange(grid.H, device=boxes.device)
     cols = torch.arange(grid.W, device=boxes.device)
@@ -100,12 +115,21 @@ def gaussian_heatmaps(
 
     Boxes whose centre is off the grid, and labels outside [0, K), draw nothing.
     """
-    return torch.stack([_draw(b, lab, grid, num_classes, head_cfg) for b, lab in zip(gt_boxes, gt_labels, strict=True)])
+    return torch.stack(
+        [
+            _draw(b, lab, grid, num_classes, head_cfg)
+            for b, lab in zip(gt_boxes, gt_labels, strict=True)
+        ]
+    )
 
 
-def _regression_one(boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _regression_one(
+    boxes: torch.Tensor, labels: torch.Tensor, grid: BEVGrid, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(10, H, W) regression map and (H, W) mask for one sample."""
-    reg = torch.zeros((len(REGRESSION_CHANNELS), grid.H * grid.W), dtype=torch.float32, device=boxes.device)
+    reg = torch.zeros(
+        (len(REGRESSION_CHANNELS), grid.H * grid.W), dtype=torch.float32, device=boxes.device
+    )
     mask = torch.zeros(grid.H * grid.W, dtype=torch.bool, device=boxes.device)
     col_f, row_f, col, row, valid = _centre_cells(boxes, labels, grid, num_classes)
     idx = torch.nonzero(valid).squeeze(1)
@@ -147,11 +171,19 @@ def build_targets(
 ) -> HeadTargets:
     """Encode per-sample GT boxes (N_b, 9) and labels (N_b,) as dense :class:`HeadTargets`."""
     heatmap = gaussian_heatmaps(gt_boxes, gt_labels, grid, num_classes, head_cfg)
-    regs, masks = zip(*(_regression_one(b, lab, grid, num_classes) for b, lab in zip(gt_boxes, gt_labels, strict=True)), strict=True)
+    regs, masks = zip(
+        *(
+            _regression_one(b, lab, grid, num_classes)
+            for b, lab in zip(gt_boxes, gt_labels, strict=True)
+        ),
+        strict=True,
+    )
     return HeadTargets(heatmap, torch.stack(regs), torch.stack(masks))
 
 
-def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0) -> torch.Tensor:
+def gaussian_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0
+) -> torch.Tensor:
     """CenterNet focal loss of heatmap ``logits`` against gaussian ``target`` (same shape).
 
     Positives are the cells where ``target == 1``; the sum is divided by max(1, #positives).
@@ -164,11 +196,15 @@ def gaussian_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float
     return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
 
 
-def regression_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, code_weights: Sequence[float]) -> torch.Tensor:
+def regression_l1(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, code_weights: Sequence[float]
+) -> torch.Tensor:
     """Weighted L1 of (B, 10, H, W) maps at the (B, H, W) ``mask`` cells, per box."""
     weights = torch.tensor(code_weights, dtype=pred.dtype, device=pred.device)
     if weights.numel() != pred.shape[1]:
-        raise ValueError(f"head.code_weights has {weights.numel()} values; the regression has {pred.shape[1]} channels ({', '.join(REGRESSION_CHANNELS)})")
+        raise ValueError(
+            f"head.code_weights has {weights.numel()} values; the regression has {pred.shape[1]} channels ({', '.join(REGRESSION_CHANNELS)})"
+        )
     m = mask.unsqueeze(1).to(pred.dtype)
     err = (pred - target).abs() * m * weights.view(1, -1, 1, 1)
     return err.sum() / m.sum().clamp(min=1.0)
@@ -178,18 +214,25 @@ def check_finite(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Raise :class:`NonFiniteLossError` naming the first NaN/inf term; return ``terms``."""
     for name, value in terms.items():
         if not bool(torch.isfinite(value).all()):
-            raise NonFiniteLossError(f"loss term '{name}' is {value.item()}: lower the learning rate or check the inputs of this batch")
+            raise NonFiniteLossError(
+                f"loss term '{name}' is {value.item()}: lower the learning rate or check the inputs of this batch"
+            )
     return terms
 
 
-def detection_loss(output: HeadOutput, targets: HeadTargets, head_cfg: HeadConfig) -> dict[str, torch.Tensor]:
+def detection_loss(
+    output: HeadOutput, targets: HeadTargets, head_cfg: HeadConfig
+) -> dict[str, torch.Tensor]:
     """CenterPoint loss: ``heatmap`` (gaussian focal) and ``regression`` (L1), each weighted.
 
     The total is the sum of the returned terms.
     """
     terms = {
-        "heatmap": head_cfg.heatmap_weight * gaussian_focal_loss(output.heatmap.float(), targets.heatmap),
-        "regression": head_cfg.regression_weight * regression_l1(output.regression.float(), targets.regression, targets.mask, head_cfg.code_weights),
+        "heatmap": head_cfg.heatmap_weight
+        * gaussian_focal_loss(output.heatmap.float(), targets.heatmap),
+        "regression": head_cfg.regression_weight
+        * regression_l1(
+            output.regression.float(), targets.regression, targets.mask, head_cfg.code_weights
+        ),
     }
     return check_finite(terms)
-

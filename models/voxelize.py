@@ -45,7 +45,10 @@ def voxel_coordinates(
     """
     lo = torch.tensor(point_cloud_range[:3], dtype=points.dtype, device=points.device)
     size = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
-    shape_xyz = [round((h - low) / s) for low, h, s in zip(point_cloud_range[:3], point_cloud_range[3:], voxel_size, strict=True)]
+    shape_xyz = [
+        round((h - low) / s)
+        for low, h, s in zip(point_cloud_range[:3], point_cloud_range[3:], voxel_size, strict=True)
+    ]
     ijk = torch.floor((points[:, 1:4] - lo) / size).long()  # (P, 3) x, y, z indices
     limit = torch.tensor(shape_xyz, device=points.device)
     inside = ((ijk >= 0) & (ijk < limit)).all(dim=1)
@@ -99,7 +102,9 @@ def voxelize(
     sample_start = torch.zeros(batch_size, dtype=torch.long, device=device)
     sample_start[1:] = torch.cumsum(per_sample, 0)[:-1]
     vox_rank = torch.empty(num_vox, dtype=torch.long, device=device)
-    vox_rank[by_first[sample_sorted.indices]] = torch.arange(num_vox, device=device) - sample_start[sample_sorted.values]
+    vox_rank[by_first[sample_sorted.indices]] = (
+        torch.arange(num_vox, device=device) - sample_start[sample_sorted.values]
+    )
     kept_voxel = vox_rank < max_voxels
 
     # Renumber the kept voxels 0..V-1 (ascending linear index, so coordinates are sorted).
@@ -113,6 +118,8 @@ def voxelize(
     num_points = torch.bincount(vid, minlength=num_kept)
     features = sums / num_points.clamp(min=1).unsqueeze(1).to(points.dtype)
     lin = unique_linear[kept_voxel]
-    vox_coords = torch.stack([lin // (nz * ny * nx), (lin // (ny * nx)) % nz, (lin // nx) % ny, lin % nx], dim=1)
+    vox_coords = torch.stack(
+        [lin // (nz * ny * nx), (lin // (ny * nx)) % nz, (lin // nx) % ny, lin % nx], dim=1
+    )
     point_voxel[keep_idx[point_ok]] = vid
     return Voxels(features, vox_coords.int(), num_points, point_voxel, spatial_shape, batch_size)

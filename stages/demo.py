@@ -73,3 +73,36 @@ def prepare_teachers(cache_config: str | Path, overrides: tuple[str, ...] = (), 
     for name in order:
         ensure_teacher(name, checkpoints[name], out)
     return cfg
+
+
+def run_demo(out: Path = Path("work/demo")) -> Path:
+    """Data, teachers, store, verification and a picture; returns the store URL."""
+    from bevkd.stages.cache_teacher import run as cache
+    from bevkd.storage.info import describe
+    from bevkd.storage.reader import open_store
+    from bevkd.storage.show import render_frame
+    from bevkd.storage.verify import VerifyFailed, summarize, verify_store
+
+    out = Path(out)
+    cfg = prepare_teachers(DEMO_CONFIGS / "cache.yaml", out=out)
+    click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
+    result = cache(cfg)
+    click.echo(f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)")
+    report = verify_store(cfg.store.url)
+    click.echo(f"[demo] verify: {summarize(report)}")
+    if not report.ok:
+        raise VerifyFailed(summarize(report))
+    store = open_store(cfg.store.url)
+    for line in describe(store):
+        click.echo(line)
+    first = next(i for i in range(len(store.tokens)) if store.has_label[i])
+    frames = {f.token: f for f in load_frames_any(cfg)}
+    picture = render_frame(store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes)
+    click.echo(f"[demo] wrote {picture}")
+    return Path(cfg.store.url)
+
+
+def load_frames_any(cfg: Config) -> list:
+    from bevkd.datasets.dataset import load_frames
+
+    return [f for role in ("train", "val") for f in load_frames(cfg, role)]

@@ -27,10 +27,20 @@ SPCONV_MODULE = "bevkd.models.sparse_encoder"
 
 
 def _loaded_after_import(modules: tuple[str, ...]) -> set[str]:
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print(','.join(sorted(m for m in ('spconv', 'cumm') if m in sys.modules)))\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print(','.join(sorted(m for m in ('spconv', 'cumm') if m in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
-    return set(filter(None, result.stdout.strip().splitlines()[-1].split(","))) if result.stdout.strip() else set()
+    return (
+        set(filter(None, result.stdout.strip().splitlines()[-1].split(",")))
+        if result.stdout.strip()
+        else set()
+    )
 
 
 def test_student_side_never_imports_spconv() -> None:

@@ -26,6 +26,16 @@ K = 10
 GRID = BEVGrid(-25.6, -25.6, 25.6, 25.6, 0.8)  # the demo BEV grid: 64 x 64
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on this shared 2-core machine OpenMP barriers under load made the
+    many small sparse-conv ops ~5x slower with two threads (test_spconv_cpu covers two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _surface_points(box: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
     """(count, 3) points on the 4 sides and the top of a (9,) box."""
     x, y, z, length, width, height, yaw = box[:7].tolist()
@@ -35,18 +45,39 @@ def _surface_points(box: torch.Tensor, count: int, gen: torch.Generator) -> torc
     local[face == 2, 1], local[face == 3, 1] = width / 2, -width / 2
     local[face == 4, 2] = height / 2
     c, s = math.cos(yaw), math.sin(yaw)
-    return torch.stack([c * local[:, 0] - s * local[:, 1] + x, s * local[:, 0] + c * local[:, 1] + y, local[:, 2] + z], dim=1)
+    return torch.stack(
+        [
+            c * local[:, 0] - s * local[:, 1] + x,
+            s * local[:, 0] + c * local[:, 1] + y,
+            local[:, 2] + z,
+        ],
+        dim=1,
+    )
 
 
-def make_batch(boxes: list[torch.Tensor], labels: list[torch.Tensor], extent: float = 12.0, ground: int = 1500, seed: int = 0) -> Batch:
+def make_batch(
+    boxes: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    extent: float = 12.0,
+    ground: int = 1500,
+    seed: int = 0,
+) -> Batch:
     """A :class:`Batch` with points (batch, x, y, z, intensity, time-lag) on boxes and ground."""
     gen = torch.Generator().manual_seed(seed)
     points = []
     for b, frame_boxes in enumerate(boxes):
         xyz = [_surface_points(box, 200, gen) for box in frame_boxes]
-        floor = torch.cat([(torch.rand(ground, 2, generator=gen) - 0.5) * 2 * extent, torch.full((ground, 1), -1.8)], dim=1)
+        floor = torch.cat(
+            [
+                (torch.rand(ground, 2, generator=gen) - 0.5) * 2 * extent,
+                torch.full((ground, 1), -1.8),
+            ],
+            dim=1,
+        )
         xyz = torch.cat([*xyz, floor])
-        feats = torch.cat([xyz, torch.rand(len(xyz), 1, generator=gen) * 100, torch.zeros(len(xyz), 1)], dim=1)
+        feats = torch.cat(
+            [xyz, torch.rand(len(xyz), 1, generator=gen) * 100, torch.zeros(len(xyz), 1)], dim=1
+        )
         points.append(torch.cat([torch.full((len(xyz), 1), float(b)), feats], dim=1))
     bsz = len(boxes)
     eye = torch.eye(4).expand(bsz, 1, 4, 4)
@@ -66,12 +97,25 @@ def make_batch(boxes: list[torch.Tensor], labels: list[torch.Tensor], extent: fl
     )
 
 
-def _box(x: float, y: float, yaw: float, size: tuple[float, float, float] = (4.5, 1.9, 1.6), vx: float = 1.0, vy: float = -0.5) -> list[float]:
+def _box(
+    x: float,
+    y: float,
+    yaw: float,
+    size: tuple[float, float, float] = (4.5, 1.9, 1.6),
+    vx: float = 1.0,
+    vy: float = -0.5,
+) -> list[float]:
     return [x, y, -1.8 + size[2] / 2, *size, yaw, vx, vy]
 
 
 SCENE_BOXES = [
-    torch.tensor([_box(5.3, 2.1, 0.3), _box(-7.9, -4.4, 2.0), _box(1.1, -9.3, -1.2, (0.7, 0.7, 1.8), 0.3, 0.2)]),
+    torch.tensor(
+        [
+            _box(5.3, 2.1, 0.3),
+            _box(-7.9, -4.4, 2.0),
+            _box(1.1, -9.3, -1.2, (0.7, 0.7, 1.8), 0.3, 0.2),
+        ]
+    ),
     torch.tensor([_box(-3.6, 6.2, -2.8), _box(8.7, -6.1, 1.4, (11.0, 2.9, 3.4), 0.0, 0.0)]),
 ]
 SCENE_LABELS = [torch.tensor([0, 0, 8]), torch.tensor([0, 3])]
@@ -92,7 +136,14 @@ def test_voxelize_means_caps_and_coordinates() -> None:
             [0, 9.00, 0.00, 0.00, 2.0, 0.0],  # outside the range
         ]
     )
-    vox = voxelize(pts, 2, (0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (0.2, 0.2, 0.25), max_points_per_voxel=2, max_voxels=10)
+    vox = voxelize(
+        pts,
+        2,
+        (0.0, 0.0, 0.0, 1.0, 1.0, 1.0),
+        (0.2, 0.2, 0.25),
+        max_points_per_voxel=2,
+        max_voxels=10,
+    )
     assert vox.spatial_shape == (4, 5, 5)
     assert vox.coords.tolist() == [[0, 0, 0, 0], [1, 1, 0, 2]]  # (batch, z, y, x)
     torch.testing.assert_close(vox.features[0], torch.tensor([0.10, 0.075, 0.125, 2.0, 0.0]))
@@ -107,9 +158,13 @@ def test_voxelize_means_caps_and_coordinates() -> None:
 
 @pytest.mark.parametrize("encoder", ["voxel", "pillar"])
 def test_teacher_shapes_at_the_demo_config(encoder: str) -> None:
-    cfg = dataclasses.replace(Config(), model=dataclasses.replace(ModelConfig(), lidar_encoder=encoder))
+    cfg = dataclasses.replace(
+        Config(), model=dataclasses.replace(ModelConfig(), lidar_encoder=encoder)
+    )
     torch.manual_seed(0)
     teacher = build_teacher(cfg)
+    # focal-loss prior: every class starts at sigmoid(-2.19) ~ 0.1
+    assert torch.all(teacher.head.heatmap[-1].bias == -2.19)
     batch = make_batch(SCENE_BOXES, SCENE_LABELS, extent=25.0, ground=4000)
     h, w = cfg.grid.bev_shape
     assert (h, w) == (64, 64)
@@ -130,7 +185,7 @@ def test_teacher_shapes_at_the_demo_config(encoder: str) -> None:
 
 
 def test_builders_reject_unknown_kinds() -> None:
-    with pytest.raises(ConfigError, match="model.kind 'nope'"):
+    with pytest.raises(ConfigError, match=r"model\.kind 'nope'"):
         build_teacher(dataclasses.replace(Config(), model=ModelConfig(kind="nope")))
     with pytest.raises(ConfigError, match="lidar_encoder 'dense'"):
         build_teacher(dataclasses.replace(Config(), model=ModelConfig(lidar_encoder="dense")))
@@ -153,7 +208,9 @@ def test_heatmap_peaks_and_gaussian_shape() -> None:
     assert float(radius) < 2
     sigma = (2 * 2 + 1) / 6
     torch.testing.assert_close(heat[0, row, col + 1], torch.tensor(math.exp(-1 / (2 * sigma**2))))
-    torch.testing.assert_close(heat[0, row + 2, col - 2], torch.tensor(math.exp(-8 / (2 * sigma**2))))
+    torch.testing.assert_close(
+        heat[0, row + 2, col - 2], torch.tensor(math.exp(-8 / (2 * sigma**2)))
+    )
     assert heat[0, row, col + 3] == 0  # outside the (2r+1)^2 window
 
 
@@ -172,7 +229,12 @@ def test_decode_inverts_encode() -> None:
         assert len(det.boxes) == len(boxes)
         order = torch.cdist(boxes[:, :2], det.boxes[:, :2]).argmin(dim=1)
         got = det.boxes[order]
-        torch.testing.assert_close(got[:, [0, 1, 2, 3, 4, 5, 7, 8]], boxes[:, [0, 1, 2, 3, 4, 5, 7, 8]], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            got[:, [0, 1, 2, 3, 4, 5, 7, 8]],
+            boxes[:, [0, 1, 2, 3, 4, 5, 7, 8]],
+            rtol=1e-5,
+            atol=1e-4,
+        )
         yaw_err = torch.remainder(got[:, 6] - boxes[:, 6] + math.pi, 2 * math.pi) - math.pi
         assert yaw_err.abs().max() < 1e-5
         assert det.labels[order].tolist() == labels.tolist()
@@ -191,7 +253,9 @@ def test_targets_are_equivariant_under_a_left_right_flip() -> None:
     torch.testing.assert_close(f.heatmap, a.heatmap.flip(2))
     assert torch.equal(f.mask, a.mask.flip(1))
     expect = a.regression.flip(2).clone()
-    expect[:, REGRESSION_CHANNELS.index("offset_y")] = 1 - expect[:, REGRESSION_CHANNELS.index("offset_y")]
+    expect[:, REGRESSION_CHANNELS.index("offset_y")] = (
+        1 - expect[:, REGRESSION_CHANNELS.index("offset_y")]
+    )
     for name in ("sin_yaw", "vy"):
         expect[:, REGRESSION_CHANNELS.index(name)] *= -1
     m = f.mask.unsqueeze(1).expand_as(expect)
@@ -245,7 +309,9 @@ def test_loss_names_a_non_finite_term() -> None:
 def _small_teacher(encoder: str) -> tuple[Config, torch.nn.Module]:
     cfg = Config(
         grid=GridConfig(point_cloud_range=(-12.8, -12.8, -2.0, 12.8, 12.8, 4.0)),
-        model=ModelConfig(lidar_encoder=encoder, bev_channels=32, head_channels=32, bev_backbone_layers=(1, 1)),
+        model=ModelConfig(
+            lidar_encoder=encoder, bev_channels=32, head_channels=32, bev_backbone_layers=(1, 1)
+        ),
     )
     torch.manual_seed(0)
     return cfg, build_teacher(cfg)
@@ -268,7 +334,7 @@ def test_loss_skips_unlabelled_frames() -> None:
 
 @pytest.mark.parametrize("encoder", ["voxel", "pillar"])
 def test_overfitting_one_batch_lowers_the_loss(encoder: str) -> None:
-    cfg, teacher = _small_teacher(encoder)
+    _, teacher = _small_teacher(encoder)
     batch = make_batch(SCENE_BOXES, SCENE_LABELS)
     opt = torch.optim.AdamW(teacher.parameters(), lr=3e-3)
     history = []

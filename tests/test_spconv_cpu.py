@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from bevkd.models import spconv_cpu
 
@@ -36,7 +36,15 @@ def _random_sparse(seed: int, count: int = 900) -> tuple[torch.Tensor, torch.Ten
     gen = torch.Generator().manual_seed(seed)
     volume = SHAPE[0] * SHAPE[1] * SHAPE[2]
     linear = torch.randperm(BATCH * volume, generator=gen)[:count]
-    idx = torch.stack([linear // volume, (linear // (SHAPE[1] * SHAPE[2])) % SHAPE[0], (linear // SHAPE[2]) % SHAPE[1], linear % SHAPE[2]], dim=1)
+    idx = torch.stack(
+        [
+            linear // volume,
+            (linear // (SHAPE[1] * SHAPE[2])) % SHAPE[0],
+            (linear // SHAPE[2]) % SHAPE[1],
+            linear % SHAPE[2],
+        ],
+        dim=1,
+    )
     features = torch.randn(count, CHANNELS, generator=gen, dtype=torch.float64)
     dense = torch.zeros(BATCH, CHANNELS, *SHAPE, dtype=torch.float64)
     dense[idx[:, 0], :, idx[:, 1], idx[:, 2], idx[:, 3]] = features
@@ -48,9 +56,17 @@ def _dense_weight(conv: torch.nn.Module) -> torch.Tensor:
     return conv.weight.detach().permute(0, 4, 1, 2, 3).contiguous().requires_grad_()
 
 
-def _check_grads(sparse_out: torch.Tensor, dense_out: torch.Tensor, sparse_leaves: list, dense_leaves: list, seed: int) -> tuple:
+def _check_grads(
+    sparse_out: torch.Tensor,
+    dense_out: torch.Tensor,
+    sparse_leaves: list,
+    dense_leaves: list,
+    seed: int,
+) -> tuple:
     """Gradients of the same random projection of both outputs w.r.t. their leaves."""
-    grad = torch.randn(dense_out.shape, generator=torch.Generator().manual_seed(seed), dtype=dense_out.dtype)
+    grad = torch.randn(
+        dense_out.shape, generator=torch.Generator().manual_seed(seed), dtype=dense_out.dtype
+    )
     s_grads = torch.autograd.grad((sparse_out * grad).sum(), sparse_leaves)
     d_grads = torch.autograd.grad((dense_out * grad).sum(), dense_leaves)
     return s_grads, d_grads
@@ -61,11 +77,20 @@ def test_submanifold_conv_matches_dense_conv3d() -> None:
     conv = spconv.SubMConv3d(CHANNELS, 6, 3, padding=1, bias=False).double()
     out = conv(spconv.SparseConvTensor(features, idx, list(SHAPE), BATCH)).dense()
     weight = _dense_weight(conv)
-    active = (dense.detach().abs().sum(1, keepdim=True) > 0).double()  # submanifold: outputs only at inputs
+    active = (
+        dense.detach().abs().sum(1, keepdim=True) > 0
+    ).double()  # submanifold: outputs only at inputs
     ref = F.conv3d(dense, weight, padding=1) * active
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    (g_feat, g_w), (g_dense, g_wd) = _check_grads(out, ref, [features, conv.weight], [dense, weight], seed=1)
-    torch.testing.assert_close(g_feat, g_dense[idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()], rtol=0, atol=1e-12)
+    (g_feat, g_w), (g_dense, g_wd) = _check_grads(
+        out, ref, [features, conv.weight], [dense, weight], seed=1
+    )
+    torch.testing.assert_close(
+        g_feat,
+        g_dense[idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()],
+        rtol=0,
+        atol=1e-12,
+    )
     torch.testing.assert_close(g_w.permute(0, 4, 1, 2, 3), g_wd, rtol=1e-12, atol=1e-10)
 
 
@@ -78,8 +103,15 @@ def test_strided_conv_matches_dense_conv3d() -> None:
     ref = F.conv3d(dense, weight, stride=2, padding=1)
     assert list(out_tensor.spatial_shape) == list(ref.shape[2:])
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    (g_feat, g_w), (g_dense, g_wd) = _check_grads(out, ref, [features, conv.weight], [dense, weight], seed=3)
-    torch.testing.assert_close(g_feat, g_dense[idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()], rtol=0, atol=1e-12)
+    (g_feat, g_w), (g_dense, g_wd) = _check_grads(
+        out, ref, [features, conv.weight], [dense, weight], seed=3
+    )
+    torch.testing.assert_close(
+        g_feat,
+        g_dense[idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()],
+        rtol=0,
+        atol=1e-12,
+    )
     torch.testing.assert_close(g_w.permute(0, 4, 1, 2, 3), g_wd, rtol=1e-12, atol=1e-10)
 
 
@@ -105,8 +137,15 @@ def test_composition_matches_dense_conv3d() -> None:
     y = F.conv3d(y, weights[3], padding=1) * active1
     ref = F.conv3d(y, weights[4], stride=(2, 1, 1))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-11)
-    s_grads, d_grads = _check_grads(out, ref, [features, *(c.weight for c in convs)], [dense, *weights], seed=5)
-    torch.testing.assert_close(s_grads[0], d_grads[0][idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()], rtol=1e-12, atol=1e-10)
+    s_grads, d_grads = _check_grads(
+        out, ref, [features, *(c.weight for c in convs)], [dense, *weights], seed=5
+    )
+    torch.testing.assert_close(
+        s_grads[0],
+        d_grads[0][idx[:, 0].long(), :, idx[:, 1].long(), idx[:, 2].long(), idx[:, 3].long()],
+        rtol=1e-12,
+        atol=1e-10,
+    )
     for g_sparse, g_dense in zip(s_grads[1:], d_grads[1:], strict=True):
         torch.testing.assert_close(g_sparse.permute(0, 4, 1, 2, 3), g_dense, rtol=1e-10, atol=1e-9)
 
@@ -117,7 +156,10 @@ def test_float32_encoder_path_is_close() -> None:
     conv = spconv.SubMConv3d(CHANNELS, 6, 3, padding=1, bias=False)
     out = conv(spconv.SparseConvTensor(features.detach().float(), idx, list(SHAPE), BATCH)).dense()
     active = (dense.detach().abs().sum(1, keepdim=True) > 0).double()
-    ref = F.conv3d(dense.detach(), conv.weight.detach().double().permute(0, 4, 1, 2, 3), padding=1) * active
+    ref = (
+        F.conv3d(dense.detach(), conv.weight.detach().double().permute(0, 4, 1, 2, 3), padding=1)
+        * active
+    )
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -127,7 +169,12 @@ def test_apply_is_idempotent() -> None:
     spconv_cpu.apply()
     spconv_cpu.apply()
     assert spconv_cpu.is_applied()
-    for fn in (ops.indice_conv, ops.indice_conv_backward, ops.get_current_stream, cppcore.get_current_stream):
+    for fn in (
+        ops.indice_conv,
+        ops.indice_conv_backward,
+        ops.get_current_stream,
+        cppcore.get_current_stream,
+    ):
         assert getattr(fn, "bevkd_cpu_fix", False)
         assert not getattr(fn.__wrapped__, "bevkd_cpu_fix", False), "patched twice"
 
@@ -151,7 +198,9 @@ def test_unfixed_spconv_backward_raises_on_cpu() -> None:
             print("NO ERROR")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert "RAISED" in result.stdout and "CUDA" in result.stdout, result.stdout + result.stderr
 
 
@@ -162,5 +211,7 @@ def test_cuda_path_is_unchanged() -> None:
     features, idx, _ = _random_sparse(7)
     conv = spconv.SubMConv3d(CHANNELS, 6, 3, padding=1, bias=False)
     cpu = conv(spconv.SparseConvTensor(features.detach().float(), idx, list(SHAPE), BATCH)).features
-    gpu = conv.cuda()(spconv.SparseConvTensor(features.detach().float().cuda(), idx.cuda(), list(SHAPE), BATCH)).features
+    gpu = conv.cuda()(
+        spconv.SparseConvTensor(features.detach().float().cuda(), idx.cuda(), list(SHAPE), BATCH)
+    ).features
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from bevkd.datasets.synthetic import generate, render_kitti_instance_mask
+from bevkd.datasets.synthetic.catalog import KINDS
+from bevkd.datasets.synthetic.kitti_export import plan
 from bevkd.datasets.synthetic.kitti_rig import IMAGE_SIZE
+from bevkd.datasets.synthetic.placement import build_scene
+from bevkd.datasets.synthetic.presets import get_preset
 
 SEED = 0
 TYPES = {
@@ -150,13 +154,15 @@ def _box_extent(fields: list[str], p2: np.ndarray) -> np.ndarray | None:
 
 def test_labels_land_on_rendered_objects(tiny_kitti: Path) -> None:
     """Each label's 3D box, projected with P2, encloses its object's pixels; its 2D box holds
-    them; the occlusion level agrees with the visible share of the 2D box."""
+    them; fully visible objects fill their 2D box; types follow the documented mapping."""
+    tiny = get_preset("tiny")
+    scene_of = {where: scene for what, scene, _, where in plan(tiny) if what in ("train", "val")}
     checked = 0
     easy = 0
     for frame_id in _ids(tiny_kitti, "train") + _ids(tiny_kitti, "val"):
-        p2 = _calib(tiny_kitti / "object" / "training" / "calib" / f"{frame_id}.txt")["P2"].reshape(
-            3, 4
-        )
+        world = build_scene(SEED, scene_of[frame_id], tiny.keyframes, tiny.sweeps_between)
+        calib = _calib(tiny_kitti / "object" / "training" / "calib" / f"{frame_id}.txt")
+        p2 = calib["P2"].reshape(3, 4)
         labels = _labels(tiny_kitti / "object" / "training" / "label_2" / f"{frame_id}.txt")
         mask, actors = render_kitti_instance_mask("tiny", SEED, f"training/{frame_id}")
         assert len(actors) == len(labels)
@@ -172,6 +178,9 @@ def test_labels_land_on_rendered_objects(tiny_kitti: Path) -> None:
             )
             if fields[0] == "DontCare":
                 continue
+            assert (
+                fields[0] == KINDS[world.actors[actor].kind].kitti
+            )  # the documented class mapping
             extent = _box_extent(fields, p2)
             if extent is None:
                 continue

@@ -288,7 +288,9 @@ def test_same_seed_same_bytes(tiny_nuscenes: Path, tmp_path: Path) -> None:
         assert (tiny_nuscenes / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
-def test_stage_refuses_foreign_folders_and_reuses_its_own(tiny_nuscenes: Path, tmp_path: Path) -> None:
+def test_stage_refuses_foreign_folders_and_reuses_its_own(
+    tiny_nuscenes: Path, tmp_path: Path
+) -> None:
     from bevkd.pipeline.errors import DataError
     from bevkd.stages.make_demo_data import GENERATOR_VERSION, STAMP, run
 
@@ -296,7 +298,12 @@ def test_stage_refuses_foreign_folders_and_reuses_its_own(tiny_nuscenes: Path, t
         run(tiny_nuscenes, preset="tiny", seed=SEED, fmt="nuscenes")
     done = tmp_path / "done"
     done.mkdir()
-    stamp = {"preset": "tiny", "seed": SEED, "format": "nuscenes", "generator_version": GENERATOR_VERSION}
+    stamp = {
+        "preset": "tiny",
+        "seed": SEED,
+        "format": "nuscenes",
+        "generator_version": GENERATOR_VERSION,
+    }
     (done / STAMP).write_text(json.dumps(stamp))
     assert run(done, preset="tiny", seed=SEED, fmt="nuscenes") == done
     assert [p.name for p in done.iterdir()] == [STAMP]  # recorded as written: nothing redone

@@ -113,8 +113,8 @@ def _exact_ground_class(s: np.ndarray, d: np.ndarray) -> np.ndarray:
 # The rule tabulated on a 1 cm (|d|) x 2 cm (s, period 18 m = lcm of 2 and 9) grid: one
 # lookup per pixel instead of a dozen array passes.
 _D_STEP, _S_STEP, _S_PERIOD = 0.01, 0.02, 18.0
-_D_BINS = int(round((rd.SIDEWALK_EDGE + 1.0) / _D_STEP))
-_S_BINS = int(round(_S_PERIOD / _S_STEP))
+_D_BINS = round((rd.SIDEWALK_EDGE + 1.0) / _D_STEP)
+_S_BINS = round(_S_PERIOD / _S_STEP)
 _CLASS_TABLE = _exact_ground_class(
     ((np.arange(_S_BINS) + 0.5) * _S_STEP)[None, :], ((np.arange(_D_BINS) + 0.5) * _D_STEP)[:, None]
 ).reshape(-1)

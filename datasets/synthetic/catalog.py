@@ -166,187 +166,32 @@ _CLOTHES = (
     (0.9, 0.6, 0.1),
 )
 
-KINDS: dict[str, Kind] = {
-    k.name: k
-    for k in (
-        Kind(
-            "car",
-            "vehicle.car",
-            "car",
-            "Car",
-            (4.62, 1.95, 1.73),
-            (0.07, 0.05, 0.06),
-            "car",
-            _CAR_COLOURS,
-            0.35,
-        ),
-        Kind(
-            "van",
-            "vehicle.car",
-            "car",
-            "Van",
-            (5.1, 2.02, 2.1),
-            (0.06, 0.04, 0.05),
-            "van",
-            _CAR_COLOURS,
-            0.35,
-        ),
-        Kind(
-            "truck",
-            "vehicle.truck",
-            "truck",
-            "Truck",
-            (6.93, 2.51, 2.84),
-            (0.2, 0.08, 0.12),
-            "truck",
-            ((0.9, 0.9, 0.88), (0.85, 0.4, 0.1), (0.15, 0.3, 0.6), (0.4, 0.4, 0.42)),
-            0.4,
-        ),
-        Kind(
-            "bus",
-            "vehicle.bus.rigid",
-            "bus",
-            "Misc",
-            (10.5, 2.94, 3.47),
-            (0.15, 0.04, 0.06),
-            "bus",
-            ((0.8, 0.15, 0.1), (0.92, 0.92, 0.9), (0.95, 0.75, 0.1)),
-            0.4,
-        ),
-        Kind(
-            "trailer",
-            "vehicle.trailer",
-            "trailer",
-            "Misc",
-            (12.29, 2.9, 3.87),
-            (0.2, 0.05, 0.1),
-            "trailer",
-            ((0.88, 0.88, 0.86), (0.5, 0.52, 0.55), (0.3, 0.35, 0.45)),
-            0.45,
-        ),
-        Kind(
-            "construction_vehicle",
-            "vehicle.construction",
-            "construction_vehicle",
-            "Misc",
-            (6.37, 2.73, 3.19),
-            (0.2, 0.1, 0.12),
-            "construction_vehicle",
-            ((0.95, 0.7, 0.05), (0.9, 0.5, 0.05)),
-            0.45,
-        ),
-        Kind(
-            "pedestrian",
-            "human.pedestrian.adult",
-            "pedestrian",
-            "Pedestrian",
-            (0.73, 0.67, 1.77),
-            (0.12, 0.12, 0.06),
-            "pedestrian",
-            _CLOTHES,
-            0.25,
-        ),
-        Kind(
-            "child",
-            "human.pedestrian.child",
-            "pedestrian",
-            "Pedestrian",
-            (0.5, 0.5, 1.25),
-            (0.12, 0.12, 0.1),
-            "pedestrian",
-            _CLOTHES,
-            0.25,
-        ),
-        Kind(
-            "worker",
-            "human.pedestrian.construction_worker",
-            "pedestrian",
-            "Pedestrian",
-            (0.75, 0.7, 1.8),
-            (0.1, 0.1, 0.05),
-            "pedestrian",
-            ((1.0, 0.55, 0.05), (0.85, 0.95, 0.15)),
-            0.6,
-        ),
-        Kind(
-            "sitting",
-            "human.pedestrian.adult",
-            "pedestrian",
-            "Person_sitting",
-            (0.8, 0.65, 1.25),
-            (0.1, 0.1, 0.08),
-            "pedestrian",
-            _CLOTHES,
-            0.25,
-        ),
-        Kind(
-            "bicycle",
-            "vehicle.bicycle",
-            "bicycle",
-            "Misc",
-            (1.7, 0.6, 1.05),
-            (0.06, 0.1, 0.06),
-            "bicycle",
-            ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.1, 0.35, 0.6)),
-            0.3,
-        ),
-        Kind(
-            "cyclist",
-            "vehicle.bicycle",
-            "bicycle",
-            "Cyclist",
-            (1.75, 0.65, 1.72),
-            (0.06, 0.1, 0.05),
-            "bicycle_rider",
-            _CLOTHES,
-            0.3,
-        ),
-        Kind(
-            "motorcycle",
-            "vehicle.motorcycle",
-            "motorcycle",
-            "Misc",
-            (2.11, 0.77, 1.2),
-            (0.08, 0.1, 0.07),
-            "motorcycle",
-            ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.85, 0.85, 0.85)),
-            0.4,
-        ),
-        Kind(
-            "motorcyclist",
-            "vehicle.motorcycle",
-            "motorcycle",
-            "Cyclist",
-            (2.15, 0.8, 1.6),
-            (0.08, 0.1, 0.05),
-            "motorcycle_rider",
-            ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.15, 0.2, 0.45)),
-            0.4,
-        ),
-        Kind(
-            "barrier",
-            "movable_object.barrier",
-            "barrier",
-            "Misc",
-            (0.48, 2.49, 0.98),
-            (0.15, 0.12, 0.08),
-            "barrier",
-            ((0.75, 0.75, 0.72), (0.9, 0.9, 0.9)),
-            0.55,
-        ),
-        Kind(
-            "traffic_cone",
-            "movable_object.trafficcone",
-            "traffic_cone",
-            "Misc",
-            (0.41, 0.41, 1.07),
-            (0.12, 0.12, 0.1),
-            "traffic_cone",
-            ((1.0, 0.35, 0.02), (1.0, 0.45, 0.05)),
-            0.7,
-        ),
-    )
-}
+_TRUCK_COLOURS = ((0.9, 0.9, 0.88), (0.85, 0.4, 0.1), (0.15, 0.3, 0.6), (0.4, 0.4, 0.42))
+_BUS_COLOURS = ((0.8, 0.15, 0.1), (0.92, 0.92, 0.9), (0.95, 0.75, 0.1))
+_TRAILER_COLOURS = ((0.88, 0.88, 0.86), (0.5, 0.52, 0.55), (0.3, 0.35, 0.45))
+_CYCLE_COLOURS = ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.1, 0.35, 0.6))
+
+# fmt: off
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    #    name                    nuScenes category                      detection class         KITTI           size l, w, h         spread               shape                   palette            LiDAR
+    Kind("car",                  "vehicle.car",                         "car",                  "Car",          (4.62, 1.95, 1.73),  (0.07, 0.05, 0.06),  "car",                  _CAR_COLOURS,      0.35),
+    Kind("van",                  "vehicle.car",                         "car",                  "Van",          (5.1, 2.02, 2.1),    (0.06, 0.04, 0.05),  "van",                  _CAR_COLOURS,      0.35),
+    Kind("truck",                "vehicle.truck",                       "truck",                "Truck",        (6.93, 2.51, 2.84),  (0.2, 0.08, 0.12),   "truck",                _TRUCK_COLOURS,    0.4),
+    Kind("bus",                  "vehicle.bus.rigid",                   "bus",                  "Misc",         (10.5, 2.94, 3.47),  (0.15, 0.04, 0.06),  "bus",                  _BUS_COLOURS,      0.4),
+    Kind("trailer",              "vehicle.trailer",                     "trailer",              "Misc",         (12.29, 2.9, 3.87),  (0.2, 0.05, 0.1),    "trailer",              _TRAILER_COLOURS,  0.45),
+    Kind("construction_vehicle", "vehicle.construction",                "construction_vehicle", "Misc",         (6.37, 2.73, 3.19),  (0.2, 0.1, 0.12),    "construction_vehicle", ((0.95, 0.7, 0.05), (0.9, 0.5, 0.05)), 0.45),
+    Kind("pedestrian",           "human.pedestrian.adult",              "pedestrian",           "Pedestrian",   (0.73, 0.67, 1.77),  (0.12, 0.12, 0.06),  "pedestrian",           _CLOTHES,          0.25),
+    Kind("child",                "human.pedestrian.child",              "pedestrian",           "Pedestrian",   (0.5, 0.5, 1.25),    (0.12, 0.12, 0.1),   "pedestrian",           _CLOTHES,          0.25),
+    Kind("worker",               "human.pedestrian.construction_worker", "pedestrian",          "Pedestrian",   (0.75, 0.7, 1.8),    (0.1, 0.1, 0.05),    "pedestrian",           ((1.0, 0.55, 0.05), (0.85, 0.95, 0.15)), 0.6),
+    Kind("sitting",              "human.pedestrian.adult",              "pedestrian",           "Person_sitting", (0.8, 0.65, 1.25), (0.1, 0.1, 0.08),    "pedestrian",           _CLOTHES,          0.25),
+    Kind("bicycle",              "vehicle.bicycle",                     "bicycle",              "Misc",         (1.7, 0.6, 1.05),    (0.06, 0.1, 0.06),   "bicycle",              _CYCLE_COLOURS,    0.3),
+    Kind("cyclist",              "vehicle.bicycle",                     "bicycle",              "Cyclist",      (1.75, 0.65, 1.72),  (0.06, 0.1, 0.05),   "bicycle_rider",        _CLOTHES,          0.3),
+    Kind("motorcycle",           "vehicle.motorcycle",                  "motorcycle",           "Misc",         (2.11, 0.77, 1.2),   (0.08, 0.1, 0.07),   "motorcycle",           ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.85, 0.85, 0.85)), 0.4),
+    Kind("motorcyclist",         "vehicle.motorcycle",                  "motorcycle",           "Cyclist",      (2.15, 0.8, 1.6),    (0.08, 0.1, 0.05),   "motorcycle_rider",     ((0.1, 0.1, 0.1), (0.7, 0.1, 0.1), (0.15, 0.2, 0.45)), 0.4),
+    Kind("barrier",              "movable_object.barrier",              "barrier",              "Misc",         (0.48, 2.49, 0.98),  (0.15, 0.12, 0.08),  "barrier",              ((0.75, 0.75, 0.72), (0.9, 0.9, 0.9)), 0.55),
+    Kind("traffic_cone",         "movable_object.trafficcone",          "traffic_cone",         "Misc",         (0.41, 0.41, 1.07),  (0.12, 0.12, 0.1),   "traffic_cone",         ((1.0, 0.35, 0.02), (1.0, 0.45, 0.05)), 0.7),
+)}
+# fmt: on
 
 
 def attribute_for(kind: Kind, moving: bool, parked: bool) -> str | None:
@@ -363,7 +208,3 @@ def attribute_for(kind: Kind, moving: bool, parked: bool) -> str | None:
     if moving:
         return "vehicle.moving"
     return "vehicle.parked" if parked else "vehicle.stopped"
-
-
-# KITTI type of each world kind, documented in README.md.
-KITTI_TYPE = {name: kind.kitti for name, kind in KINDS.items()}

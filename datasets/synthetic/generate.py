@@ -79,9 +79,14 @@ def run_chunks(
             futures = {
                 pool.submit(task, *chunk): size for chunk, size in zip(chunks, sizes, strict=True)
             }
-            for future in as_completed(futures):
-                yield future.result()
-                bar.update(futures[future])
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+                    bar.update(futures[future])
+            except BaseException:
+                # A failed frame (or Ctrl-C) stops the job: drop what has not started.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         bar.close()
 

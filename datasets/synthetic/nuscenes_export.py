@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from bevkd.datasets.synthetic.generate import frame_chunks, run_chunks
-from bevkd.datasets.synthetic.nuscenes_frames import CHANNELS, FrameOutput, render_frame
+from bevkd.datasets.synthetic.nuscenes_frames import (
+    CHANNELS,
+    FrameOutput,
+    render_frame,
+    scene_world,
+)
 from bevkd.datasets.synthetic.nuscenes_frames import render_instance_mask as frame_instance_mask
 from bevkd.datasets.synthetic.nuscenes_writer import Tables, make_token, scene_names, write_splits
-from bevkd.datasets.synthetic.placement import build_scene
 from bevkd.datasets.synthetic.presets import Preset, get_preset
 from bevkd.datasets.synthetic.world import frame_schedule
 
@@ -19,11 +23,7 @@ def _render_chunk(
     root: Path, seed: int, scene: int, frames: list[int], preset: Preset
 ) -> tuple[int, str, list[FrameOutput]]:
     outputs = [render_frame(root, seed, scene, f, preset) for f in frames]
-    description = (
-        build_scene(seed, scene, preset.keyframes, preset.sweeps_between).description
-        if frames[0] == 0
-        else ""
-    )
+    description = scene_world(seed, scene, preset).description if frames[0] == 0 else ""
     return scene, description, outputs
 
 
@@ -74,7 +74,7 @@ def render_instance_mask(
         raise ValueError(f"scene {scene_name!r} is not in preset {preset} ({', '.join(names)})")
     scene = names.index(scene_name)
     mask = frame_instance_mask(spec, seed, scene, timestamp, channel)
-    world = build_scene(seed, scene, spec.keyframes, spec.sweeps_between)
+    world = scene_world(seed, scene, spec)
     return mask, [
         make_token(seed, spec.name, "instance", scene, a) for a in range(len(world.actors))
     ]

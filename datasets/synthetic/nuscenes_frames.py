@@ -139,9 +139,12 @@ def _scene(
     return world, rig, views
 
 
-def annotation_values(
-    world: SceneWorld, actor: int, state: np.ndarray
-) -> tuple[list[float], list[float], list[float]]:
+def scene_world(seed: int, scene: int, preset: Preset) -> SceneWorld:
+    """The world of ``scene`` (cached with its cameras for the frames rendered next)."""
+    return _scene(seed, scene, preset)[0]
+
+
+def annotation_values(state: np.ndarray) -> tuple[list[float], list[float], list[float]]:
     """translation, size (w, l, h), rotation of an actor's state as written to the tables."""
     translation = [round(float(v), 4) for v in state[:3]]
     size = [round(float(state[4]), 3), round(float(state[3]), 3), round(float(state[5]), 3)]
@@ -191,13 +194,13 @@ def render_frame(root: Path, seed: int, scene: int, frame: int, preset: Preset) 
         xyz = np.ascontiguousarray(points[:, :3].T)
         lidar = (rig[0].translation, rig[0].rotation)
         for actor in world.annotated(time).tolist():
-            spec = world.actors[actor]
-            translation, size, rotation = annotation_values(world, actor, snap.states[actor])
+            obj = world.actors[actor]
+            translation, size, rotation = annotation_values(snap.states[actor])
             annotations.append(
                 AnnotationOutput(
                     actor=actor,
-                    category=spec.spec.category,
-                    attribute=attribute_for(spec.spec, spec.moving, spec.parked),
+                    category=obj.spec.category,
+                    attribute=attribute_for(obj.spec, obj.moving, obj.parked),
                     translation=translation,
                     size=size,
                     rotation=rotation,

@@ -91,7 +91,7 @@ class Lighting:
     ambient: np.ndarray
     sky_top: np.ndarray
     sky_horizon: np.ndarray
-    haze: float  # fraction of the horizon colour mixed in per 100 m
+    haze: float  # transmittance over a distance r is exp(-r * haze / 25 m)
     name: str
 
 

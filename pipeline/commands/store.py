@@ -109,9 +109,11 @@ def copy(src: str, dst: str, src_storage_options: str | None, src_endpoint: str 
 @click.option(
     "--score", "score", default=0.3, show_default=True, help="Draw cached boxes above this score."
 )
+@click.option("--with-gt", is_flag=True,
+              help="Draw the frame's GT from the dataset the store was made from (its provenance config).")  # fmt: skip
 @_remote_options()
-def show(url: str, frame: str, out: str, gt: str | None, score: float, storage_options: str | None,
-         endpoint: str | None) -> None:  # fmt: skip
+def show(url: str, frame: str, out: str, gt: str | None, score: float, with_gt: bool,
+         storage_options: str | None, endpoint: str | None) -> None:  # fmt: skip
     """Draw one frame: BEV feature energy, heatmaps, cached boxes (over GT if given)."""
     import numpy as np
 
@@ -121,5 +123,25 @@ def show(url: str, frame: str, out: str, gt: str | None, score: float, storage_o
     store = open_store(url, storage_options=_options(storage_options, endpoint))
     which: int | str = int(frame) if frame.lstrip("-").isdigit() else frame
     gt_boxes = np.load(gt) if gt else None
+    if with_gt:
+        gt_boxes = gt_from_provenance(store, which)
     path = render_frame(store, which, out, gt_boxes=gt_boxes, score_threshold=score)
     click.echo(f"wrote {path}")
+
+
+def gt_from_provenance(store: Any, frame: int | str) -> Any:
+    """GT boxes (N, 9) in the ego frame of a store frame, read from the dataset named by the
+    config saved in the store's provenance."""
+    import yaml
+
+    from bevkd.datasets.dataset import load_frames
+    from bevkd.pipeline.config import Config, from_dict
+
+    cfg = from_dict(Config, yaml.safe_load(store.provenance["config"]))
+    i = store.index_of(frame) if isinstance(frame, str) else int(frame)
+    token = store.tokens[i]
+    for role in ("train", "val", "unlabeled"):
+        for record in load_frames(cfg, role):
+            if record.token == token:
+                return record.boxes
+    raise click.ClickException(f"frame {token} is not in {cfg.data.root}; draw without --with-gt")

@@ -1,0 +1,75 @@
+"""Small real teachers and private dataset copies for the stage tests.
+
+The teachers are the real LiDAR teacher (spconv voxel encoder) and label encoder at tiny
+channel counts, with seeded random weights saved as real checkpoints: caching does not care
+whether a teacher is any good, only that what it writes is what it computes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from bevkd.pipeline.config import Config, load_config
+from nuscenes_copy import VERSION, private_copy
+
+SMALL_MODEL = [
+    "model.sparse_channels=[8, 16, 16, 16]",
+    "model.bev_channels=16",
+    "model.head_channels=16",
+    "model.label_encoder_channels=16",
+    "train.num_workers=0",
+    "train.batch_size=2",
+]
+
+
+def copy_dataset(source: Path, target: Path, own_lidar: bool = False) -> Path:
+    """A private copy of the tiny dataset; ``own_lidar`` copies LIDAR_TOP files so they can be
+    damaged without touching the session fixture."""
+    private_copy(source, target)
+    if own_lidar:
+        (target / "samples").unlink()
+        shutil.copytree(source / "samples", target / "samples", symlinks=False)
+    return target
+
+
+def small_config(root: Path, *overrides: str) -> Config:
+    return load_config(None, [f"data.root={root}", *SMALL_MODEL, *overrides])
+
+
+def make_teachers(root: Path, out: Path) -> tuple[Path, Path]:
+    """Seeded random LiDAR teacher and label encoder checkpoints; returns their paths."""
+    from bevkd.models.builders import build_teacher
+    from bevkd.models.checkpoint import save_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    lidar_cfg = small_config(root, "model.kind=lidar")
+    lidar = save_checkpoint(out / "lidar.pt", build_teacher(lidar_cfg), lidar_cfg)
+    label_cfg = small_config(root, "model.kind=label_encoder", f"model.checkpoint={lidar}")
+    label = save_checkpoint(out / "label.pt", build_teacher(label_cfg), label_cfg)
+    return lidar, label
+
+
+def cache_config(root: Path, teachers: tuple[Path, Path], url: Path | str, *overrides: str) -> Config:
+    lidar, label = teachers
+    return small_config(
+        root,
+        "cache.teachers=[lidar, label_encoder]",
+        f"cache.lidar_checkpoint={lidar}",
+        f"cache.label_encoder_checkpoint={label}",
+        "cache.lidar_bev_scales=[1, 2]",
+        "cache.n_workers=0",
+        "store.shard_size=2",
+        f"store.url={url}",
+        *overrides,
+    )
+
+
+def lidar_files(root: Path) -> list[Path]:
+    return sorted((root / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))
+
+
+__all__ = ["VERSION", "cache_config", "copy_dataset", "lidar_files", "make_teachers", "small_config"]
