@@ -155,6 +155,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 1  # epochs
+    keep_checkpoints: bool = False  # also keep epoch_NNN.pt beside last.pt
     eval_every: int = 0  # epochs; 0 evaluates only at the end
 
 

@@ -9,6 +9,7 @@ draws, so the result is the one an uninterrupted run gives.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from tqdm import tqdm
 from bevkd.datasets.dataset import build_dataset
 from bevkd.datasets.frame import collate
 from bevkd.models.checkpoint import load_checkpoint, save_checkpoint
+from bevkd.models.targets import NonFiniteLossError
 from bevkd.pipeline.config import Config, save_resolved
+from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.distributed import DistInfo, all_reduce_mean, cleanup_distributed, setup_distributed
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(BevkdError, FloatingPointError):
     """Training produced a NaN/inf loss term; the message names the step and the term."""
 
 
@@ -104,12 +107,16 @@ def run(cfg: Config) -> TrainResult:
         started = time.perf_counter()
         for i, batch in enumerate(bar):
             batch = batch.to(info.device)
+            where = f"step {step} (epoch {epoch + 1}, batch {i}, frames {', '.join(batch.tokens)})"
             with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
                 output = model(batch)
-                terms = _raw(model).loss(output, batch)
+                try:
+                    terms = _raw(model).loss(output, batch)
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLoss(f"{where}: {exc}") from None
             for name, value in terms.items():
                 if not torch.isfinite(value):
-                    raise NonFiniteLoss(f"step {step} (epoch {epoch + 1}, batch {i}): loss term '{name}' is {value.item()}")
+                    raise NonFiniteLoss(f"{where}: loss term '{name}' is {value.item()}")
             loss = sum(terms.values())
             scaler.scale(loss / cfg.train.grad_accum).backward()
             if (i + 1) % cfg.train.grad_accum:
@@ -137,6 +144,8 @@ def run(cfg: Config) -> TrainResult:
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict(), epoch=epoch, step=step, rng=torch.get_rng_state(),
                 )
+                if cfg.train.keep_checkpoints:
+                    shutil.copyfile(last, out / f"epoch_{epoch + 1:03d}.pt")
     if log:
         log.close()
 
