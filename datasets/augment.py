@@ -136,7 +136,9 @@ def draw_bev_aug(cfg: DataConfig, rng: np.random.Generator | None) -> np.ndarray
     rotation = float(rng.uniform(-limit, limit))
     scale = float(rng.uniform(*cfg.bev_scale))
     if set(cfg.bev_flip) - {"x", "y"}:
-        raise ConfigError(f"data.bev_flip must name the axes to mirror ('', 'x', 'y' or 'xy'), got {cfg.bev_flip!r}")
+        raise ConfigError(
+            f"data.bev_flip must name the axes to mirror ('', 'x', 'y' or 'xy'), got {cfg.bev_flip!r}"
+        )
     flip_x = bool("x" in cfg.bev_flip and rng.random() < 0.5)
     flip_y = bool("y" in cfg.bev_flip and rng.random() < 0.5)
     return bev_transform(rotation=rotation, scale=scale, flip_x=flip_x, flip_y=flip_y)

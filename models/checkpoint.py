@@ -59,7 +59,9 @@ def checkpoint_config(payload: dict[str, Any]) -> Config:
     return from_dict(Config, payload["config"])
 
 
-def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, str]:
+def load_teacher(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, str]:
     """Rebuild a trained teacher from its checkpoint: (model in eval mode and frozen, its config,
     the checkpoint file's sha256)."""
     from bevkd.models.builders import build_teacher

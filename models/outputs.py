@@ -49,7 +49,9 @@ class Detections:
     labels: torch.Tensor
 
     def cpu(self) -> Detections:
-        return Detections(self.boxes.detach().cpu(), self.scores.detach().cpu(), self.labels.detach().cpu())
+        return Detections(
+            self.boxes.detach().cpu(), self.scores.detach().cpu(), self.labels.detach().cpu()
+        )
 
 
 @dataclass

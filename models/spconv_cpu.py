@@ -5,14 +5,15 @@ gather-mm-scatter loop that runs for CPU tensors with the Native algorithm):
 
 1. ``indice_conv_backward`` calls ``get_current_stream()`` (``torch.cuda.current_stream()``)
    before it checks the device, so every backward pass raises on a machine without CUDA.
-2. ``SpconvOps.scatter_add_cpu`` (C++) races when torch runs more than one thread: outputs
-   and gradients come out wrong. Its ``gather_cpu`` companion was also measured ~8x slower
-   than ``index_select``.
+2. ``SpconvOps.scatter_add_cpu`` (C++) races when torch runs more than one thread: with two
+   threads about half of its calls came out wrong (none with one thread; ``gather_cpu`` was
+   always right), so outputs and gradients of every convolution are wrong.
 
 The fix: ``ops.indice_conv`` and ``ops.indice_conv_backward`` are wrapped so that CPU
 tensors take the same gather-mm-scatter algorithm written in torch (``index_select``, ``mm``,
 ``index_add_``, which is correct under any thread count) and CUDA tensors call the original
-function unchanged. ``get_current_stream``, bound by name in ``cppcore``, ``ops``, ``hash``
+function unchanged. Single-threaded, torch's ``index_add_`` is ~2.5x slower than the C++
+scatter; that is the price of correctness, and two threads win it back. ``get_current_stream``, bound by name in ``cppcore``, ``ops``, ``hash``
 and ``utils``, returns stream 0 when CUDA is unavailable, for the CPU branches that ask anyway.
 
 Also note (not a bug this module can fix): spconv reads index tensors without looking at
@@ -27,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -201,6 +203,10 @@ def apply() -> None:
     with _LOCK:
         if _APPLIED:
             return
+        # spconv's dense() indexes with a list (deprecated in torch 2.9): one warning per call.
+        warnings.filterwarnings(
+            "ignore", message="Using a non-tuple sequence", category=UserWarning
+        )
         for name in _STREAM_USERS:
             module: Any = importlib.import_module(name)
             if not getattr(module.get_current_stream, "bevkd_cpu_fix", False):

@@ -72,6 +72,7 @@ def voxelize(
     """
     coords, inside, spatial_shape = voxel_coordinates(points, point_cloud_range, voxel_size)
     nz, ny, nx = spatial_shape
+    inside &= (coords[:, 0] >= 0) & (coords[:, 0] < batch_size)
     device = points.device
     num_in = points.shape[0]
     point_voxel = torch.full((num_in,), -1, dtype=torch.long, device=device)

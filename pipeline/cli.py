@@ -12,13 +12,28 @@ import click
 # command name -> "module:attribute" of a click command; the module is imported on use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("bevkd.pipeline.commands.config", "Show and check resolved configs."),
-    "make-demo-data": ("bevkd.pipeline.commands.demo_data", "Write the synthetic driving world in nuScenes or KITTI format."),
+    "make-demo-data": (
+        "bevkd.pipeline.commands.demo_data",
+        "Write the synthetic driving world in nuScenes or KITTI format.",
+    ),
     "index": ("bevkd.pipeline.commands.index", "Build or show the frame index of a dataset root."),
-    "evaluate": ("bevkd.pipeline.commands.evaluate", "Evaluate detections (nuScenes devkit or KITTI AP|R40)."),
-    "train-teacher": ("bevkd.pipeline.commands.train_teacher", "Train a LiDAR, fusion or label-encoder teacher."),
-    "cache-teacher": ("bevkd.pipeline.commands.cache_teacher", "Run teachers once and write the teacher store."),
+    "evaluate": (
+        "bevkd.pipeline.commands.evaluate",
+        "Evaluate detections (nuScenes devkit or KITTI AP|R40).",
+    ),
+    "train-teacher": (
+        "bevkd.pipeline.commands.train_teacher",
+        "Train a LiDAR, fusion or label-encoder teacher.",
+    ),
+    "cache-teacher": (
+        "bevkd.pipeline.commands.cache_teacher",
+        "Run teachers once and write the teacher store.",
+    ),
     "store": ("bevkd.pipeline.commands.store", "Inspect, verify, copy and draw teacher stores."),
-    "demo": ("bevkd.pipeline.commands.demo", "Run the whole pipeline on the embedded synthetic default."),
+    "demo": (
+        "bevkd.pipeline.commands.demo",
+        "Run the whole pipeline on the embedded synthetic default.",
+    ),
 }
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 
 @contextmanager
-def dask_client(scheduler: str = "", n_workers: int = 2, threads_per_worker: int = 1) -> Iterator[Any]:
+def dask_client(
+    scheduler: str = "", n_workers: int = 2, threads_per_worker: int = 1
+) -> Iterator[Any]:
     """Yield a ``distributed.Client``; a LocalCluster of processes is started (and closed) when
     ``scheduler`` is empty. Worker processes keep torch to one thread each, so two workers on
     two cores do not oversubscribe."""
@@ -30,7 +32,10 @@ def dask_client(scheduler: str = "", n_workers: int = 2, threads_per_worker: int
         threads_per_worker=threads_per_worker,
         processes=True,
         dashboard_address=None,
-        env={"OMP_NUM_THREADS": str(threads_per_worker), "MKL_NUM_THREADS": str(threads_per_worker)},
+        env={
+            "OMP_NUM_THREADS": str(threads_per_worker),
+            "MKL_NUM_THREADS": str(threads_per_worker),
+        },
     )
     client = Client(cluster)
     try:

@@ -89,7 +89,9 @@ class GridConfig:
     def voxel_shape(self) -> tuple[int, int, int]:
         """(nx, ny, nz) voxels covering the range."""
         lo, hi = self.point_cloud_range[:3], self.point_cloud_range[3:]
-        return tuple(round((h - low) / s) for low, h, s in zip(lo, hi, self.voxel_size, strict=True))  # type: ignore[return-value]
+        return tuple(
+            round((h - low) / s) for low, h, s in zip(lo, hi, self.voxel_size, strict=True)
+        )  # type: ignore[return-value]
 
     @property
     def bev_cell(self) -> float:
@@ -110,7 +112,12 @@ class ModelConfig:
     lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
     max_points_per_voxel: int = 10
     max_voxels: int = 40000
-    sparse_channels: tuple[int, ...] = (16, 32, 64, 64)  # input, one per stride-2 stage, z-compressing output
+    sparse_channels: tuple[int, ...] = (
+        16,
+        32,
+        64,
+        64,
+    )  # input, one per stride-2 stage, z-compressing output
     sparse_layers: int = 1  # SubMConv3d layers after each strided sparse conv (SECOND: 2)
     bev_channels: int = 64  # channels of the distilled BEV feature (lidar_bev); demo-sized for CPU
     bev_backbone_layers: tuple[int, ...] = (2, 2)
@@ -246,7 +253,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(tp):

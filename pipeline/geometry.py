@@ -55,11 +55,11 @@ class BEVGrid:
         return cls(float(x0), float(y0), float(x1), float(y1), float(cell))
 
     @property
-    def H(self) -> int:  # noqa: N802 - the field's name for it
+    def H(self) -> int:
         return round((self.y_max - self.y_min) / self.cell)
 
     @property
-    def W(self) -> int:  # noqa: N802
+    def W(self) -> int:
         return round((self.x_max - self.x_min) / self.cell)
 
     @property
@@ -221,7 +221,9 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def bev_transform(rotation: float = 0.0, scale: float = 1.0, flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
+def bev_transform(
+    rotation: float = 0.0, scale: float = 1.0, flip_x: bool = False, flip_y: bool = False
+) -> np.ndarray:
     """4x4 ego->augmented-ego transform: optional flips first, then rotation about z, then scale.
 
     ``flip_y`` mirrors across the x axis (y -> -y, a left/right flip); ``flip_x`` mirrors

@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
-from bevkd.pipeline.config import Config, config_sha256, config_yaml, from_dict, save_resolved, to_dict
+from bevkd.pipeline.config import (
+    Config,
+    config_sha256,
+    config_yaml,
+    from_dict,
+    save_resolved,
+    to_dict,
+)
 from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.geometry import BEVGrid
 from bevkd.stages import teacher_runner
@@ -42,7 +49,9 @@ def select_frames(cfg: Config) -> list[Frame]:
         chosen = load_frames(cfg, role)
         frames.extend(chosen[: cfg.cache.max_frames] if cfg.cache.max_frames else chosen)
     if not frames:
-        raise BevkdError(f"cache.splits {list(cfg.cache.splits)} select no frames under {cfg.data.root}")
+        raise BevkdError(
+            f"cache.splits {list(cfg.cache.splits)} select no frames under {cfg.data.root}"
+        )
     return frames
 
 
@@ -63,16 +72,26 @@ def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
     with torch.no_grad():
         for name in cfg.cache.teachers:
             spec = teacher_runner.TEACHER_FIELDS[name]
-            model, _, _ = teacher_runner.load_teacher_once(teacher_runner.checkpoint_of(cfg, name), torch.device("cpu"))
+            model, _, _ = teacher_runner.load_teacher_once(
+                teacher_runner.checkpoint_of(cfg, name), torch.device("cpu")
+            )
             out = teacher_runner.forward_frozen(model, [probe], torch.device("cpu"))
-            for src, dst in teacher_runner.wanted_features(name, cfg.cache.lidar_bev_scales).items():
+            for src, dst in teacher_runner.wanted_features(
+                name, cfg.cache.lidar_bev_scales
+            ).items():
                 c, h, w = out.features[src].shape[1:]
                 make = embedding_field if spec.labeled_only else bev_feature_field
                 fields.append(make(dst, c, h, w, codec=overrides.get(dst)))
             if spec.heatmap:
                 k, h, w = out.head.heatmap.shape[1:]
-                fields.append(heatmap_field(spec.heatmap, k, h, w, codec=overrides.get(spec.heatmap)))
-                fields.append(box_regression_field(spec.regression, h, w, codec=overrides.get(spec.regression)))
+                fields.append(
+                    heatmap_field(spec.heatmap, k, h, w, codec=overrides.get(spec.heatmap))
+                )
+                fields.append(
+                    box_regression_field(
+                        spec.regression, h, w, codec=overrides.get(spec.regression)
+                    )
+                )
                 fields.append(boxes_field(spec.boxes, capacity=cfg.head.max_detections))
     grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
     return StoreContract(SCHEMA_VERSION, grid, tuple(cfg.classes), tuple(fields))
@@ -92,7 +111,14 @@ def _first_loadable(cfg: Config, frames: list[Frame]) -> Any:
     raise BevkdError("no loadable labelled frame to size the store's fields: " + "; ".join(errors))
 
 
-def _shard_task(cfg_dict: dict, url: str, shard_id: int, frames: list[Frame], first: int, storage_options: dict | None) -> int:
+def _shard_task(
+    cfg_dict: dict,
+    url: str,
+    shard_id: int,
+    frames: list[Frame],
+    first: int,
+    storage_options: dict | None,
+) -> int:
     """One dask task: run the teachers over a shard and write it. Idempotent."""
     from bevkd.storage.writer import StoreWriter
 
@@ -141,25 +167,42 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
     if "://" not in cfg.store.url:
         save_resolved(cfg, Path(cfg.store.url).parent / (Path(cfg.store.url).name + ".config"))
     cfg_dict = to_dict(cfg)
-    tasks = [(s, [frames[i] for i in writer.shard_frames(s)], writer.shard_frames(s).start) for s in pending]
-    bar = tqdm(total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1)
+    tasks = [
+        (s, [frames[i] for i in writer.shard_frames(s)], writer.shard_frames(s).start)
+        for s in pending
+    ]
+    bar = tqdm(
+        total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
+    )
     if cfg.cache.n_workers == 0 and not cfg.cache.scheduler:
         for shard_id, shard_frames, first in tasks:  # single process, same code path per shard
-            bar.update(_shard_task(cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options))
+            bar.update(
+                _shard_task(cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options)
+            )
     else:
         _run_distributed(cfg, cfg_dict, tasks, storage_options, bar)
     bar.close()
     summary = writer.finalize()
-    skipped = {int(k): v for k, v in summary.get("skipped", {}).items()} if isinstance(summary, dict) else {}
-    return CacheResult(cfg.store.url, len(frames), len(pending), skipped, time.perf_counter() - started)
+    skipped = (
+        {int(k): v for k, v in summary.get("skipped", {}).items()}
+        if isinstance(summary, dict)
+        else {}
+    )
+    return CacheResult(
+        cfg.store.url, len(frames), len(pending), skipped, time.perf_counter() - started
+    )
 
 
-def _run_distributed(cfg: Config, cfg_dict: dict, tasks: list, storage_options: dict | None, bar: tqdm) -> None:
+def _run_distributed(
+    cfg: Config, cfg_dict: dict, tasks: list, storage_options: dict | None, bar: tqdm
+) -> None:
     from distributed import as_completed
 
     from bevkd.pipeline.cluster import dask_client, task_resources
 
-    with dask_client(cfg.cache.scheduler, cfg.cache.n_workers, cfg.cache.threads_per_worker) as client:
+    with dask_client(
+        cfg.cache.scheduler, cfg.cache.n_workers, cfg.cache.threads_per_worker
+    ) as client:
         resources = task_resources(client)
         futures = {
             client.submit(
@@ -175,4 +218,6 @@ def _run_distributed(cfg: Config, cfg_dict: dict, tasks: list, storage_options: 
             except Exception as exc:  # a shard failed after its retries: say which, then stop
                 for other in futures:
                     other.cancel()
-                raise BevkdError(f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}") from exc
+                raise BevkdError(
+                    f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}"
+                ) from exc

@@ -48,10 +48,14 @@ def ensure_teacher(name: str, checkpoint: str, out: Path) -> None:
     click.echo(f"[demo] training the {name} teacher -> {checkpoint}")
     result = train(cfg)
     if result.metrics:
-        click.echo(f"[demo] {name} teacher on val: mAP {result.metrics.get('mAP', float('nan')):.3f}")
+        click.echo(
+            f"[demo] {name} teacher on val: mAP {result.metrics.get('mAP', float('nan')):.3f}"
+        )
 
 
-def prepare_teachers(cache_config: str | Path, overrides: tuple[str, ...] = (), out: Path = Path("work/demo")) -> Config:
+def prepare_teachers(
+    cache_config: str | Path, overrides: tuple[str, ...] = (), out: Path = Path("work/demo")
+) -> Config:
     """Demo data plus every teacher checkpoint the cache config names; returns the cache config."""
     out = Path(out)
     paths = [
@@ -87,7 +91,9 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     cfg = prepare_teachers(DEMO_CONFIGS / "cache.yaml", out=out)
     click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
     result = cache(cfg)
-    click.echo(f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)")
+    click.echo(
+        f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
+    )
     report = verify_store(cfg.store.url)
     click.echo(f"[demo] verify: {summarize(report)}")
     if not report.ok:
@@ -97,7 +103,9 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
         click.echo(line)
     first = next(i for i in range(len(store.tokens)) if store.has_label[i])
     frames = {f.token: f for f in load_frames_any(cfg)}
-    picture = render_frame(store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes)
+    picture = render_frame(
+        store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes
+    )
     click.echo(f"[demo] wrote {picture}")
     return Path(cfg.store.url)
 

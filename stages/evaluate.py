@@ -186,7 +186,9 @@ def run(cfg: Config, results_path: str | Path, out_dir: str | Path) -> dict[str,
     return _write_summary(summary, serialized, cfg, out)
 
 
-def _write_summary(summary: dict[str, Any], devkit: dict[str, Any], cfg: Config, out: Path) -> dict[str, Any]:
+def _write_summary(
+    summary: dict[str, Any], devkit: dict[str, Any], cfg: Config, out: Path
+) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(_clean({**summary, "devkit": devkit}), indent=2))
     (out / "summary.md").write_text(summary_markdown(summary))
     save_resolved(cfg, out)

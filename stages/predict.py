@@ -16,12 +16,18 @@ from bevkd.pipeline.config import Config
 
 
 @torch.no_grad()
-def predict(model: nn.Module, cfg: Config, role: str = "val", batch_size: int = 4) -> tuple[list[Frame], list[Detections]]:
+def predict(
+    model: nn.Module, cfg: Config, role: str = "val", batch_size: int = 4
+) -> tuple[list[Frame], list[Detections]]:
     """Decoded detections (ego frame) for every frame of a split role, in frame order."""
     frames = load_frames(cfg, role)
     dataset = FrameDataset(frames, cfg.data, train=False)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.train.num_workers, collate_fn=collate
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=cfg.train.num_workers,
+        collate_fn=collate,
     )
     device = next(model.parameters()).device
     was_training = model.training
@@ -34,7 +40,9 @@ def predict(model: nn.Module, cfg: Config, role: str = "val", batch_size: int = 
     return frames, detections
 
 
-def evaluate_model(model: nn.Module, cfg: Config, out_dir: str | Path, role: str = "val") -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module, cfg: Config, out_dir: str | Path, role: str = "val"
+) -> dict[str, Any]:
     """Predict ``role`` and evaluate with the dataset's own metric; writes into ``out_dir``."""
     out = Path(out_dir)
     frames, detections = predict(model, cfg, role)
@@ -49,7 +57,15 @@ def evaluate_model(model: nn.Module, cfg: Config, out_dir: str | Path, role: str
     from bevkd.stages import evaluate
     from bevkd.stages.nuscenes_results import detections_to_results, write_results
 
-    meta = {"use_camera": cfg.model.kind in ("fusion", "camera"), "use_lidar": cfg.model.kind in ("lidar", "fusion")}
-    body = detections_to_results(frames, detections, cfg.classes, meta=dict(meta, use_radar=False, use_map=False, use_external=False))
+    meta = {
+        "use_camera": cfg.model.kind in ("fusion", "camera"),
+        "use_lidar": cfg.model.kind in ("lidar", "fusion"),
+    }
+    body = detections_to_results(
+        frames,
+        detections,
+        cfg.classes,
+        meta=dict(meta, use_radar=False, use_map=False, use_external=False),
+    )
     results = write_results(body, out / "results_nusc.json")
     return evaluate.run(cfg, results, out)

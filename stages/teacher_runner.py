@@ -45,7 +45,11 @@ TEACHER_FIELDS: dict[str, TeacherFields] = {
         boxes="boxes",
     ),
     "fusion": TeacherFields(
-        features={"camera_bev": "camera_bev", "lidar_bev": "fusion_lidar_bev", "fused_bev": "fused_bev"},
+        features={
+            "camera_bev": "camera_bev",
+            "lidar_bev": "fusion_lidar_bev",
+            "fused_bev": "fused_bev",
+        },
         heatmap="fusion_heatmap",
         regression="fusion_box_regression",
         boxes="fusion_boxes",
@@ -69,7 +73,9 @@ def checkpoint_of(cfg: Config, name: str) -> str:
         "label_encoder": cfg.cache.label_encoder_checkpoint,
     }
     if name not in paths:
-        raise BevkdError(f"unknown teacher '{name}' in cache.teachers (expected {', '.join(paths)})")
+        raise BevkdError(
+            f"unknown teacher '{name}' in cache.teachers (expected {', '.join(paths)})"
+        )
     if not paths[name]:
         raise BevkdError(f"cache.teachers lists '{name}' but cache.{name}_checkpoint is empty")
     return paths[name]
@@ -124,7 +130,9 @@ def run_shard(
     for name in teachers:
         model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
         spec = TEACHER_FIELDS[name]
-        chosen = [s for _, s in samples if s.has_label] if spec.labeled_only else [s for _, s in samples]
+        chosen = (
+            [s for _, s in samples if s.has_label] if spec.labeled_only else [s for _, s in samples]
+        )
         features = wanted_features(name, cfg.cache.lidar_bev_scales)
         for start in range(0, len(chosen), batch_size):
             out = forward_frozen(model, chosen[start : start + batch_size], device)
@@ -132,10 +140,17 @@ def run_shard(
                 arrays.setdefault(dst, []).append(out.features[src].float().cpu().numpy())
             if spec.heatmap:
                 arrays.setdefault(spec.heatmap, []).append(out.head.heatmap.float().cpu().numpy())
-                arrays.setdefault(spec.regression, []).append(out.head.regression.float().cpu().numpy())
+                arrays.setdefault(spec.regression, []).append(
+                    out.head.regression.float().cpu().numpy()
+                )
                 for det in out.detections:
                     rows = torch.cat(
-                        [det.boxes.float(), det.scores.float()[:, None], det.labels.float()[:, None]], dim=1
+                        [
+                            det.boxes.float(),
+                            det.scores.float()[:, None],
+                            det.labels.float()[:, None],
+                        ],
+                        dim=1,
                     )
                     boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
     stacked = {k: np.concatenate(v) for k, v in arrays.items()}

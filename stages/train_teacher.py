@@ -24,8 +24,13 @@ from bevkd.datasets.frame import collate
 from bevkd.models.checkpoint import load_checkpoint, save_checkpoint
 from bevkd.models.targets import NonFiniteLossError
 from bevkd.pipeline.config import Config, save_resolved
+from bevkd.pipeline.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    cleanup_distributed,
+    setup_distributed,
+)
 from bevkd.pipeline.errors import BevkdError
-from bevkd.pipeline.distributed import DistInfo, all_reduce_mean, cleanup_distributed, setup_distributed
 
 
 class NonFiniteLoss(BevkdError, FloatingPointError):
@@ -48,7 +53,9 @@ def _loader(cfg: Config, info: DistInfo, epoch: int) -> torch.utils.data.DataLoa
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
     sampler: torch.utils.data.Sampler
     if info.enabled:
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=cfg.train.seed, drop_last=True)
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, shuffle=True, seed=cfg.train.seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
     else:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
@@ -63,7 +70,8 @@ def _loader(cfg: Config, info: DistInfo, epoch: int) -> torch.utils.data.DataLoa
     )
 
 
-def _raw(model: nn.Module) -> nn.Module:
+def _raw(model: nn.Module) -> Any:
+    """The teacher inside DDP (typed Any: teachers add ``loss``/``decode`` to nn.Module)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -81,7 +89,10 @@ def run(cfg: Config) -> TrainResult:
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = max(1, len(_loader(cfg, info, 0)) // cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.train.lr, total_steps=cfg.train.epochs * steps_per_epoch, pct_start=0.3
+        optimizer,
+        max_lr=cfg.train.lr,
+        total_steps=cfg.train.epochs * steps_per_epoch,
+        pct_start=0.3,
     )
     use_amp = cfg.train.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -103,7 +114,12 @@ def run(cfg: Config) -> TrainResult:
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
         loader = _loader(cfg, info, epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not info.is_main, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not info.is_main,
+            leave=False,
+        )
         started = time.perf_counter()
         for i, batch in enumerate(bar):
             batch = batch.to(info.device)
@@ -137,12 +153,20 @@ def run(cfg: Config) -> TrainResult:
                 log.flush()
         if info.is_main:
             elapsed = time.perf_counter() - started
-            tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: {len(loader)} batches in {elapsed:.1f} s, loss {sum(values.values()):.4f}")
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.train.epochs}: {len(loader)} batches in {elapsed:.1f} s, loss {sum(values.values()):.4f}"
+            )
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 save_checkpoint(
-                    last, _raw(model), cfg,
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch, step=step, rng=torch.get_rng_state(),
+                    last,
+                    _raw(model),
+                    cfg,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict(),
+                    epoch=epoch,
+                    step=step,
+                    rng=torch.get_rng_state(),
                 )
                 if cfg.train.keep_checkpoints:
                     shutil.copyfile(last, out / f"epoch_{epoch + 1:03d}.pt")

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import torch
+from nuscenes_copy import VERSION, private_copy
 
 from bevkd.pipeline.config import Config, load_config
-from nuscenes_copy import VERSION, private_copy
 
 SMALL_MODEL = [
     "model.sparse_channels=[8, 16, 16, 16]",
@@ -53,7 +53,9 @@ def make_teachers(root: Path, out: Path) -> tuple[Path, Path]:
     return lidar, label
 
 
-def cache_config(root: Path, teachers: tuple[Path, Path], url: Path | str, *overrides: str) -> Config:
+def cache_config(
+    root: Path, teachers: tuple[Path, Path], url: Path | str, *overrides: str
+) -> Config:
     lidar, label = teachers
     return small_config(
         root,
@@ -72,4 +74,11 @@ def lidar_files(root: Path) -> list[Path]:
     return sorted((root / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))
 
 
-__all__ = ["VERSION", "cache_config", "copy_dataset", "lidar_files", "make_teachers", "small_config"]
+__all__ = [
+    "VERSION",
+    "cache_config",
+    "copy_dataset",
+    "lidar_files",
+    "make_teachers",
+    "small_config",
+]

@@ -179,6 +179,29 @@ def test_apply_is_idempotent() -> None:
         assert not getattr(fn.__wrapped__, "bevkd_cpu_fix", False), "patched twice"
 
 
+def test_unfixed_scatter_add_races_with_two_threads() -> None:
+    """Bug 2, shown on spconv's own C++ op (the fix routes around it, it does not change it):
+    with two threads it disagrees with index_add_ (measured: about half of the calls)."""
+    from spconv.core_cc.csrc.sparse.all import SpconvOps
+    from spconv.pytorch.cppcore import torch_tensor_to_tv
+
+    gen = torch.Generator().manual_seed(0)
+    wrong = 0
+    for trial in range(100):
+        rows, channels, count = 5000, (2, 4, 16, 32)[trial % 4], 1000 + 13 * trial
+        index = torch.randperm(rows, generator=gen)[:count].int()  # unique, as per kernel offset
+        out = torch.randn(rows, channels, generator=gen)
+        src = torch.randn(count, channels, generator=gen)
+        expected = out.index_add(0, index.long(), src)
+        SpconvOps.scatter_add_cpu(
+            torch_tensor_to_tv(out), torch_tensor_to_tv(src), torch_tensor_to_tv(index)
+        )
+        wrong += not torch.allclose(out, expected)
+    assert wrong > 0, (
+        "spconv's scatter_add_cpu no longer races: re-check whether the fix is still needed"
+    )
+
+
 def test_unfixed_spconv_backward_raises_on_cpu() -> None:
     """Without the fix, a CPU backward pass fails (bug 1), so the fix is necessary."""
     if torch.cuda.is_available():

@@ -47,7 +47,15 @@ def test_store_is_complete_verified_and_names_its_teachers(world: dict) -> None:
     assert verify_store(cfg.store.url).ok
     store = open_store(cfg.store.url)
     names = set(store.contract.field_names)
-    assert {"lidar_bev", "lidar_bev_s2", "heatmap", "box_regression", "boxes", "label_bev", "label_bev_s2"} <= names
+    assert {
+        "lidar_bev",
+        "lidar_bev_s2",
+        "heatmap",
+        "box_regression",
+        "boxes",
+        "label_bev",
+        "label_bev_s2",
+    } <= names
     shas = store.provenance["checkpoint_sha256"]
     assert shas == {"lidar": sha256_file(lidar), "label_encoder": sha256_file(label)}
     assert set(store.splits) == {"train", "val", "unlabeled"}
@@ -83,7 +91,9 @@ def test_cached_fields_equal_a_direct_forward_within_recorded_error(world: dict)
 
 
 def test_two_worker_local_cluster_writes_the_same_store(world: dict) -> None:
-    cfg = cache_config(world["root"], world["teachers"], world["base"] / "dask.zarr", "cache.n_workers=2")
+    cfg = cache_config(
+        world["root"], world["teachers"], world["base"] / "dask.zarr", "cache.n_workers=2"
+    )
     cache_teacher.run(cfg)
     single, dask = _all_arrays(world["cfg"].store.url), _all_arrays(cfg.store.url)
     assert single.keys() == dask.keys()
@@ -91,13 +101,17 @@ def test_two_worker_local_cluster_writes_the_same_store(world: dict) -> None:
         np.testing.assert_array_equal(single[key], dask[key], err_msg=str(key))
 
 
-def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_store(world: dict, tmp_path: Path) -> None:
+def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_store(
+    world: dict, tmp_path: Path
+) -> None:
     url = tmp_path / "killed.zarr"
     cfg = cache_config(world["root"], world["teachers"], url, "store.shard_size=1")
     config = tmp_path / "cache.yaml"
     config.write_text(config_yaml(cfg))
     command = [sys.executable, "-m", "bevkd.pipeline.cli", "cache-teacher", "--config", str(config)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marks = url / "shards" / "written" / "c"
     deadline = time.monotonic() + 240
     while not (marks.is_dir() and any(marks.iterdir())):
@@ -110,7 +124,9 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_store(world: dict, tm
     subprocess.run(command, check=True, capture_output=True)
     assert verify_store(str(url)).ok
     uninterrupted = tmp_path / "whole.zarr"
-    cache_teacher.run(cache_config(world["root"], world["teachers"], uninterrupted, "store.shard_size=1"))
+    cache_teacher.run(
+        cache_config(world["root"], world["teachers"], uninterrupted, "store.shard_size=1")
+    )
     a, b = _all_arrays(url), _all_arrays(uninterrupted)
     assert a.keys() == b.keys()
     for key in a:
@@ -123,14 +139,16 @@ def open_store_pending(url: Path) -> int:
     return len(StoreWriter.open(str(url)).pending_shards())
 
 
-def test_a_truncated_point_file_is_skipped_with_its_reason(world: dict, tiny_nuscenes: Path, tmp_path: Path) -> None:
+def test_a_truncated_point_file_is_skipped_with_its_reason(
+    world: dict, tiny_nuscenes: Path, tmp_path: Path
+) -> None:
     root = copy_dataset(tiny_nuscenes, tmp_path / "data", own_lidar=True)
     victim = lidar_files(root)[1]
     victim.write_bytes(victim.read_bytes()[:-7])
     cfg = cache_config(root, world["teachers"], tmp_path / "skip.zarr")
     result = cache_teacher.run(cfg)
     assert len(result.skipped) == 1
-    (index, reason), = result.skipped.items()
+    ((index, reason),) = result.skipped.items()
     assert victim.name in reason and "truncated" in reason
     store = open_store(cfg.store.url)
     assert store.skipped == {index: reason}
@@ -140,7 +158,9 @@ def test_a_truncated_point_file_is_skipped_with_its_reason(world: dict, tiny_nus
 
 
 def test_a_teacher_in_training_mode_is_refused(world: dict) -> None:
-    model, _, _ = teacher_runner.load_teacher_once(world["cfg"].cache.lidar_checkpoint, torch.device("cpu"))
+    model, _, _ = teacher_runner.load_teacher_once(
+        world["cfg"].cache.lidar_checkpoint, torch.device("cpu")
+    )
     frames = cache_teacher.select_frames(world["cfg"])
     sample = FrameDataset(frames, world["cfg"].data)[0]
     model.train()

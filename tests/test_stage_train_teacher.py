@@ -40,11 +40,20 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(root: Path, tmp_
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert resumed.steps == whole.steps
-    for name in ("config.yaml", "config.sha256", "train_log.jsonl", "loss.png", "eval/metrics.json"):
+    for name in (
+        "config.yaml",
+        "config.sha256",
+        "train_log.jsonl",
+        "loss.png",
+        "eval/metrics.json",
+    ):
         assert (tmp_path / "whole" / name).is_file(), name
     metrics = json.loads((tmp_path / "whole" / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and "class_ap" in metrics
-    assert load_checkpoint(whole.checkpoint)["config_sha256"] == (tmp_path / "whole" / "config.sha256").read_text().strip()
+    assert (
+        load_checkpoint(whole.checkpoint)["config_sha256"]
+        == (tmp_path / "whole" / "config.sha256").read_text().strip()
+    )
 
 
 def test_a_non_finite_loss_names_the_step_and_term(root: Path, tmp_path: Path) -> None:

@@ -9,10 +9,28 @@ from bevkd.pipeline.options import config_options, resolve
 
 @click.command("cache-teacher")
 @config_options
-@click.option("--store", "store_url", default=None, help="Store URL (path, s3://, gs://, memory://); overrides store.url.")
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler; default: start a LocalCluster.")
-@click.option("--workers", type=int, default=None, help="LocalCluster worker processes (0 = run in this process).")
-@click.option("--demo", is_flag=True, help="Build everything the embedded demo needs first (data, teacher checkpoints).")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Store URL (path, s3://, gs://, memory://); overrides store.url.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running dask scheduler; default: start a LocalCluster.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="LocalCluster worker processes (0 = run in this process).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Build everything the embedded demo needs first (data, teacher checkpoints).",
+)
 def command(
     config_path: str | None,
     overrides: tuple[str, ...],
