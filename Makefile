@@ -45,7 +45,7 @@ train-teacher: setup  ## train a teacher (CONFIG=configs/demo/lidar_teacher.yaml
 	$(BEVKD) train-teacher --config $(or $(CONFIG),configs/demo/lidar_teacher.yaml) $(SET)
 
 cache-teacher: setup  ## run the teachers once and write the store (demo: work/demo/teacher.zarr)
-	$(BEVKD) cache-teacher $(if $(CONFIG),--config $(CONFIG),--demo) $(SET)
+	$(BEVKD) cache-teacher --config $(or $(CONFIG),configs/demo/cache.yaml) --build-missing $(SET)
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)

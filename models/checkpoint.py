@@ -74,3 +74,37 @@ def load_teacher(
     for param in model.parameters():
         param.requires_grad_(False)
     return model, cfg, sha256_file(path)
+
+
+# Module prefixes that carry over when one teacher kind initialises another: BEVFusion trains
+# its fusion stage from the LiDAR-only model's encoder, BEV decoder, neck and head.
+INIT_RENAMES: dict[tuple[str, str], dict[str, str]] = {
+    ("lidar", "fusion"): {
+        "encoder.": "lidar_encoder.",
+        "backbone.": "decoder.",
+        "neck_module.": "neck.",
+        "head.": "head.",
+    },
+}
+
+
+def init_from_checkpoint(model: nn.Module, kind: str, path: str | Path) -> tuple[int, int]:
+    """Copy every weight of the teacher at ``path`` whose renamed key and shape match a weight
+    of ``model`` (of kind ``kind``); returns (copied, skipped) tensor counts."""
+    payload = load_checkpoint(path)
+    source_kind = checkpoint_config(payload).model.kind
+    renames = INIT_RENAMES.get((source_kind, kind))
+    if renames is None:
+        known = ", ".join(f"{a} -> {b}" for a, b in INIT_RENAMES)
+        raise CheckpointError(f"model.init_from: cannot initialise a {kind} teacher from a {source_kind} one ({known})")
+    target = model.state_dict()
+    copied, skipped = {}, 0
+    for key, value in payload["model"].items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        name = renames[prefix] + key[len(prefix) :] if prefix is not None else None
+        if name is not None and name in target and target[name].shape == value.shape:
+            copied[name] = value
+        else:
+            skipped += 1
+    model.load_state_dict(copied, strict=False)
+    return len(copied), skipped

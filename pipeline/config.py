@@ -39,6 +39,9 @@ class DataConfig:
 
     format: str = "nuscenes"  # nuscenes | kitti
     root: str = "work/demo/data"
+    # A synthetic world (tiny | demo | bench) that `cache-teacher --build-missing` and `demo` may
+    # generate at root when it is absent; empty for real datasets, which are never generated.
+    synthetic_preset: str = "demo"
     version: str = "v1.0-trainval"
     train_split: str = "train"
     val_split: str = "val"
@@ -128,6 +131,7 @@ class ModelConfig:
     depth_loss_weight: float = 3.0  # camera branch depth BCE (BEVDepth's factor)
     label_encoder_channels: int = 64  # LabelDistill: 256; 64 keeps the demo a few CPU minutes
     checkpoint: str = ""  # a teacher checkpoint to load (label encoder: the frozen LiDAR teacher)
+    init_from: str = ""  # a trained teacher whose matching weights initialise this one (fusion <- lidar, as BEVFusion)
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,12 @@ class CacheConfig:
     """Stage one: which teachers run over which frames."""
 
     teachers: tuple[str, ...] = ("lidar", "label_encoder")
+    # teacher -> the config that trains it, for `cache-teacher --build-missing` (demo runs)
+    teacher_configs: tuple[tuple[str, str], ...] = (
+        ("lidar", "configs/demo/lidar_teacher.yaml"),
+        ("fusion", "configs/demo/fusion_teacher.yaml"),
+        ("label_encoder", "configs/demo/label_encoder.yaml"),
+    )
     lidar_checkpoint: str = "work/demo/teacher_lidar/best.pt"
     fusion_checkpoint: str = ""
     label_encoder_checkpoint: str = "work/demo/teacher_label/best.pt"
@@ -373,3 +383,11 @@ def save_resolved(cfg: Config, out_dir: str | Path) -> Path:
     (out / "config.yaml").write_text(config_yaml(cfg))
     (out / "config.sha256").write_text(config_sha256(cfg) + "\n")
     return out / "config.yaml"
+
+
+def with_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    """``cfg`` with ``key.sub=value`` overrides applied (the same rules as ``--set``)."""
+    data = to_dict(cfg)
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return from_dict(Config, data)

@@ -1,7 +1,11 @@
-"""The embedded demo: everything from an empty folder to a verified teacher store.
+"""Build what a cache config needs, then the embedded demo from an empty folder to a verified,
+drawn teacher store.
 
-Each step is skipped when its output already exists, so ``make demo`` after an interruption
-picks up where it stopped (training itself resumes from ``last.pt``).
+``prepare_teachers`` generates the synthetic world at ``data.root`` when the config declares
+one (``data.synthetic_preset``) and it is absent, and trains every missing teacher checkpoint
+with the config ``cache.teacher_configs`` names for it. Each step is skipped when its output
+exists, so a rerun after an interruption picks up where it stopped (training itself resumes
+from ``last.pt``).
 """
 
 from __future__ import annotations
@@ -10,77 +14,90 @@ from pathlib import Path
 
 import click
 
-from bevkd.pipeline.config import Config, load_config
+from bevkd.pipeline.config import Config, load_config, with_overrides
+from bevkd.pipeline.errors import BevkdError
 
-DEMO_CONFIGS = Path("configs/demo")
-TEACHER_CONFIGS = {
-    "lidar": "lidar_teacher.yaml",
-    "label_encoder": "label_encoder.yaml",
-    "fusion": "fusion_teacher.yaml",
+DEMO_CACHE_CONFIG = Path("configs/demo/cache.yaml")
+CHECKPOINT_FIELDS = {
+    "lidar": "lidar_checkpoint",
+    "fusion": "fusion_checkpoint",
+    "label_encoder": "label_encoder_checkpoint",
 }
 
 
-def _out_overrides(out: Path) -> list[str]:
-    """Point every demo path at ``out`` (the configs say work/demo)."""
-    return [f"data.root={out / 'data'}"]
+def ensure_data(cfg: Config) -> None:
+    """Generate the synthetic world the config declares, unless it is already there."""
+    from bevkd.stages.make_demo_data import run as make_demo_data
 
-
-def ensure_demo_data(cfg: Config) -> None:
     root = Path(cfg.data.root)
-    if (root / cfg.data.version / "sample.json").is_file():
+    present = (root / cfg.data.version).is_dir() if cfg.data.format == "nuscenes" else (root / "object").is_dir()
+    if present:
         return
-    from bevkd.datasets.synthetic import generate
+    if not cfg.data.synthetic_preset:
+        raise BevkdError(f"dataset root {root} not found (data.root); point it at your {cfg.data.format} data")
+    click.echo(f"[build] writing the synthetic world ({cfg.data.synthetic_preset}, {cfg.data.format}) to {root}")
+    make_demo_data(root, cfg.data.synthetic_preset, 0, cfg.data.format, progress=True)
 
-    click.echo(f"[demo] writing the synthetic world (nuScenes format) to {root}")
-    generate(root, preset="demo", seed=0, fmt="nuscenes")
 
-
-def ensure_teacher(name: str, checkpoint: str, out: Path) -> None:
-    """Train the demo teacher ``name`` unless ``checkpoint`` exists."""
-    if Path(checkpoint).is_file():
+def ensure_teacher(cfg: Config, name: str) -> None:
+    """Train teacher ``name`` into the checkpoint the cache config names, unless it exists."""
+    checkpoint = Path(getattr(cfg.cache, CHECKPOINT_FIELDS[name]))
+    if checkpoint.is_file():
         return
+    configs = dict(cfg.cache.teacher_configs)
+    if name not in configs:
+        raise BevkdError(
+            f"teacher checkpoint {checkpoint} not found and cache.teacher_configs names no config to train '{name}'"
+        )
     from bevkd.stages.train_teacher import run as train
 
-    overrides = [*_out_overrides(out), f"train.out_dir={Path(checkpoint).parent}"]
-    if name == "label_encoder":
-        overrides.append(f"model.checkpoint={out / 'teacher_lidar' / 'best.pt'}")
-    cfg = load_config(DEMO_CONFIGS / TEACHER_CONFIGS[name], overrides)
-    click.echo(f"[demo] training the {name} teacher -> {checkpoint}")
-    result = train(cfg)
-    if result.metrics:
-        click.echo(
-            f"[demo] {name} teacher on val: mAP {result.metrics.get('mAP', float('nan')):.3f}"
-        )
-
-
-def prepare_teachers(
-    cache_config: str | Path, overrides: tuple[str, ...] = (), out: Path = Path("work/demo")
-) -> Config:
-    """Demo data plus every teacher checkpoint the cache config names; returns the cache config."""
-    out = Path(out)
-    paths = [
-        f"cache.lidar_checkpoint={out / 'teacher_lidar' / 'best.pt'}",
-        f"cache.label_encoder_checkpoint={out / 'teacher_label' / 'best.pt'}",
-        f"cache.fusion_checkpoint={out / 'teacher_fusion' / 'best.pt'}",
-        f"store.url={out / 'teacher.zarr'}",
+    overrides = [
+        f"data.root={cfg.data.root}",
+        f"data.synthetic_preset={cfg.data.synthetic_preset}",
+        f"train.out_dir={checkpoint.parent}",
     ]
-    cfg = load_config(cache_config, [*_out_overrides(out), *paths, *overrides])
-    ensure_demo_data(cfg)
+    if name == "label_encoder":  # trained through the frozen LiDAR teacher
+        overrides.append(f"model.checkpoint={cfg.cache.lidar_checkpoint}")
+    if name == "fusion":  # starts from the LiDAR teacher, as BEVFusion does
+        overrides.append(f"model.init_from={cfg.cache.lidar_checkpoint}")
+    teacher_cfg = load_config(configs[name], overrides)
+    click.echo(f"[build] training the {name} teacher ({configs[name]}) -> {checkpoint.parent / 'best.pt'}")
+    result = train(teacher_cfg)
+    if result.checkpoint != checkpoint:
+        result.checkpoint.replace(checkpoint)
+    if "mAP" in result.metrics:
+        click.echo(f"[build] {name} teacher on val: mAP {result.metrics['mAP']:.3f}, NDS {result.metrics['NDS']:.3f}")
+
+
+def prepare_teachers(cfg: Config) -> Config:
+    """Data plus every teacher checkpoint ``cfg.cache.teachers`` needs; returns ``cfg``."""
+    ensure_data(cfg)
     order = [t for t in ("lidar", "fusion", "label_encoder") if t in cfg.cache.teachers]
-    if "label_encoder" in order and "lidar" not in order:
-        order.insert(0, "lidar")  # the label encoder is trained through the LiDAR teacher
-    checkpoints = {
-        "lidar": cfg.cache.lidar_checkpoint,
-        "fusion": cfg.cache.fusion_checkpoint,
-        "label_encoder": cfg.cache.label_encoder_checkpoint,
-    }
+    if {"label_encoder", "fusion"} & set(order) and "lidar" not in order:
+        order.insert(0, "lidar")  # the label encoder trains through it, the fusion teacher starts from it
     for name in order:
-        ensure_teacher(name, checkpoints[name], out)
+        ensure_teacher(cfg, name)
     return cfg
+
+
+def demo_config(out: Path) -> Config:
+    """The demo cache config with every path under ``out``."""
+    cfg = load_config(DEMO_CACHE_CONFIG)
+    return with_overrides(
+        cfg,
+        [
+            f"data.root={out / 'data'}",
+            f"cache.lidar_checkpoint={out / 'teacher_lidar' / 'best.pt'}",
+            f"cache.fusion_checkpoint={out / 'teacher_fusion' / 'best.pt'}",
+            f"cache.label_encoder_checkpoint={out / 'teacher_label' / 'best.pt'}",
+            f"store.url={out / 'teacher.zarr'}",
+        ],
+    )
 
 
 def run_demo(out: Path = Path("work/demo")) -> Path:
     """Data, teachers, store, verification and a picture; returns the store URL."""
+    from bevkd.datasets.dataset import load_frames
     from bevkd.stages.cache_teacher import run as cache
     from bevkd.storage.info import describe
     from bevkd.storage.reader import open_store
@@ -88,12 +105,10 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     from bevkd.storage.verify import VerifyFailed, summarize, verify_store
 
     out = Path(out)
-    cfg = prepare_teachers(DEMO_CONFIGS / "cache.yaml", out=out)
+    cfg = prepare_teachers(demo_config(out))
     click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
     result = cache(cfg)
-    click.echo(
-        f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
-    )
+    click.echo(f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)")
     report = verify_store(cfg.store.url)
     click.echo(f"[demo] verify: {summarize(report)}")
     if not report.ok:
@@ -102,15 +117,7 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     for line in describe(store):
         click.echo(line)
     first = next(i for i in range(len(store.tokens)) if store.has_label[i])
-    frames = {f.token: f for f in load_frames_any(cfg)}
-    picture = render_frame(
-        store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes
-    )
+    frames = {f.token: f for role in ("train", "val") for f in load_frames(cfg, role)}
+    picture = render_frame(store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes)
     click.echo(f"[demo] wrote {picture}")
     return Path(cfg.store.url)
-
-
-def load_frames_any(cfg: Config) -> list:
-    from bevkd.datasets.dataset import load_frames
-
-    return [f for role in ("train", "val") for f in load_frames(cfg, role)]

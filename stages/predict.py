@@ -47,11 +47,14 @@ def evaluate_model(
     out = Path(out_dir)
     frames, detections = predict(model, cfg, role)
     if cfg.data.format == "kitti":
-        from bevkd.stages.kitti_predictions import write_kitti_predictions
-
-        results_dir = write_kitti_predictions(frames, detections, cfg, out / "kitti_results")
         from bevkd.stages import kitti_ap
 
+        results_dir = out / "kitti_results"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for frame, det in zip(frames, detections, strict=True):
+            kitti_ap.write_detections(
+                results_dir, frame, det.boxes.numpy(), det.scores.numpy(), det.labels.numpy(), cfg.classes
+            )
         metrics: dict[str, Any] = kitti_ap.run(cfg, results_dir, out)
         return metrics
     from bevkd.stages import evaluate

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from bevkd.datasets.dataset import build_dataset
 from bevkd.datasets.frame import collate
-from bevkd.models.checkpoint import load_checkpoint, save_checkpoint
+from bevkd.models.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from bevkd.models.targets import NonFiniteLossError
 from bevkd.pipeline.config import Config, save_resolved
 from bevkd.pipeline.distributed import (
@@ -84,7 +84,12 @@ def run(cfg: Config) -> TrainResult:
     if info.is_main:
         save_resolved(cfg, out)
     torch.manual_seed(cfg.train.seed)
-    model: nn.Module = build_teacher(cfg).to(info.device)
+    model: nn.Module = build_teacher(cfg)
+    if cfg.model.init_from:
+        copied, skipped = init_from_checkpoint(model, cfg.model.kind, cfg.model.init_from)
+        if info.is_main:
+            tqdm.write(f"initialised {copied} tensors from {cfg.model.init_from} ({skipped} did not fit)")
+    model = model.to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps_per_epoch = max(1, len(_loader(cfg, info, 0)) // cfg.train.grad_accum)

@@ -19,6 +19,11 @@ STUDENT_SIDE_MODULES: tuple[str, ...] = (
     "bevkd.models.bev_backbone",
     "bevkd.models.builders",
     "bevkd.models.camera_bev",
+    "bevkd.models.image_backbone",
+    "bevkd.models.checkpoint",
+    "bevkd.storage.reader",
+    "bevkd.storage.dataset",
+    "bevkd.datasets.dataset",
     "bevkd.distill",
 )
 

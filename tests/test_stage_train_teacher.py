@@ -61,3 +61,19 @@ def test_a_non_finite_loss_names_the_step_and_term(root: Path, tmp_path: Path) -
     cfg = _cfg(root, tmp_path / "nan", 30, "train.lr=1.0e+30", "train.grad_clip=1.0e+30")
     with pytest.raises(train_teacher.NonFiniteLoss, match=r"step \d+ .*loss term '\w+'"):
         train_teacher.run(cfg)
+
+
+def test_evaluate_command_runs_a_teacher_checkpoint(root: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from stage_helpers import make_teachers
+
+    from bevkd.pipeline.cli import cli
+
+    lidar, _ = make_teachers(root, tmp_path / "teachers")
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(lidar), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "mAP" in result.output and "NDS" in result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["eval_set"] == "val" and metrics["num_samples"] > 0
+    both = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(lidar), "--results", "x.json"])
+    assert both.exit_code != 0 and "exactly one" in both.output

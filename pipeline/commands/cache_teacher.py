@@ -27,9 +27,10 @@ from bevkd.pipeline.options import config_options, resolve
     help="LocalCluster worker processes (0 = run in this process).",
 )
 @click.option(
-    "--demo",
+    "--build-missing",
     is_flag=True,
-    help="Build everything the embedded demo needs first (data, teacher checkpoints).",
+    help="First generate the synthetic world if data.synthetic_preset declares one and it is absent, "
+    "and train missing teacher checkpoints with the configs in cache.teacher_configs.",
 )
 def command(
     config_path: str | None,
@@ -37,7 +38,7 @@ def command(
     store_url: str | None,
     scheduler: str | None,
     workers: int | None,
-    demo: bool,
+    build_missing: bool,
 ) -> None:
     """Run the teachers in cache.teachers (lidar, fusion, label_encoder) once over the frames of
     cache.splits (labelled train/val keyframes and unlabeled sweeps or KITTI raw frames) and
@@ -50,7 +51,7 @@ def command(
 
     \b
     Examples:
-      bevkd cache-teacher --demo                       # the embedded demo, end to end
+      bevkd cache-teacher --config configs/demo/cache.yaml --build-missing   # the demo, from nothing
       bevkd cache-teacher --config configs/demo/cache.yaml --store s3://bucket/teacher.zarr
       bevkd cache-teacher --config configs/nuscenes/cache.yaml --scheduler tcp://host:8786
     """
@@ -61,12 +62,11 @@ def command(
         extra.append(f"cache.scheduler={scheduler}")
     if workers is not None:
         extra.append(f"cache.n_workers={workers}")
-    if demo:
+    cfg = resolve(config_path, tuple(extra))
+    if build_missing:
         from bevkd.stages.demo import prepare_teachers
 
-        cfg = prepare_teachers(config_path or "configs/demo/cache.yaml", tuple(extra))
-    else:
-        cfg = resolve(config_path, tuple(extra))
+        prepare_teachers(cfg)
     from bevkd.stages.cache_teacher import run
 
     result = run(cfg)

@@ -18,9 +18,16 @@ from bevkd.pipeline.options import config_options, resolve
 @click.option(
     "--results",
     "results_path",
-    required=True,
+    default=None,
     type=click.Path(),
     help="nuScenes results JSON, or a KITTI results directory.",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A trained teacher: run it over the val split (with its own config) and evaluate.",
 )
 @click.option(
     "--out",
@@ -41,12 +48,24 @@ def command(
     config_path: str | None,
     overrides: tuple[str, ...],
     data_root: str | None,
-    results_path: str,
+    results_path: str | None,
+    checkpoint: str | None,
     out_dir: str | None,
     fmt: str | None,
     render_curves: bool,
 ) -> None:
-    """Evaluate detections against the dataset's GT and write metrics.json + summary.md."""
+    """Evaluate detections against the dataset's GT and write metrics.json + summary.md.
+
+    Give either --results (a results file made elsewhere) or --checkpoint (a trained teacher,
+    run here over the val split with the config saved in the checkpoint, --set applied last).
+    """
+    if (results_path is None) == (checkpoint is None):
+        raise click.UsageError("give exactly one of --results and --checkpoint")
+    if checkpoint:
+        summary = _evaluate_checkpoint(Path(checkpoint), overrides, data_root, out_dir)
+        _print(summary)
+        return
+    assert results_path is not None
     cfg = with_data_root(resolve(config_path, overrides), data_root, fmt)
     if render_curves:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, render_curves=True))
@@ -54,20 +73,40 @@ def command(
     out = Path(out_dir) if out_dir else results.parent / f"eval_{results.stem}"
     if cfg.data.format == "kitti":
         kitti_ap = importlib.import_module("bevkd.stages.kitti_ap")
-        summary = kitti_ap.run(cfg, results, out)
-        for key, value in summary.items():
-            click.echo(f"{key}: {value}")
+        _print(kitti_ap.run(cfg, results, out))
         click.echo(f"saved to {out}")
         return
     from bevkd.stages.evaluate import run
 
     summary = run(cfg, results, out)
+    _print(summary)
+    click.echo(f"saved metrics.json and summary.md to {out}")
+
+
+def _evaluate_checkpoint(path: Path, overrides: tuple[str, ...], data_root: str | None, out_dir: str | None) -> dict:
+    from bevkd.models.checkpoint import load_teacher
+    from bevkd.pipeline.config import with_overrides
+    from bevkd.stages.predict import evaluate_model
+
+    model, cfg, _ = load_teacher(path)
+    cfg = with_overrides(cfg, [*overrides, *([f"data.root={data_root}"] if data_root else [])])
+    out = Path(out_dir) if out_dir else path.parent / f"eval_{path.stem}"
+    summary: dict = evaluate_model(model, cfg, out)
+    click.echo(f"saved to {out}")
+    return summary
+
+
+def _print(summary: dict) -> None:
+    if "mAP" not in summary:  # KITTI AP|R40
+        from bevkd.stages.kitti_ap import format_table
+
+        click.echo(format_table(summary))
+        return
     click.echo(
         f"nuScenes {summary['eval_set']} ({summary['num_samples']} samples): mAP {summary['mAP']:.4f}  NDS {summary['NDS']:.4f}"
     )
-    errors = "  ".join(f"{k} {v:.3f}" for k, v in summary["tp_errors"].items())
+    errors = "  ".join(f"{k} {v:.3f}" for k, v in summary["tp_errors"].items() if v is not None and v == v)
     click.echo(f"mean TP errors: {errors}")
     for name, ap in summary["class_ap"].items():
         marker = "" if name in summary["gt_classes"] else "  (no GT in range)"
         click.echo(f"  {name:<22} AP {ap:.4f}{marker}")
-    click.echo(f"saved metrics.json and summary.md to {out}")
