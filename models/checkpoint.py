@@ -96,7 +96,9 @@ def init_from_checkpoint(model: nn.Module, kind: str, path: str | Path) -> tuple
     renames = INIT_RENAMES.get((source_kind, kind))
     if renames is None:
         known = ", ".join(f"{a} -> {b}" for a, b in INIT_RENAMES)
-        raise CheckpointError(f"model.init_from: cannot initialise a {kind} teacher from a {source_kind} one ({known})")
+        raise CheckpointError(
+            f"model.init_from: cannot initialise a {kind} teacher from a {source_kind} one ({known})"
+        )
     target = model.state_dict()
     copied, skipped = {}, 0
     for key, value in payload["model"].items():

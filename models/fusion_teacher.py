@@ -113,23 +113,10 @@ class FusionTeacher(nn.Module):
         teacher) + ``depth`` (weighted BEVDepth BCE, every sample: LiDAR depth needs no label)."""
         if not isinstance(output, FusionTeacherOutput) or output.depth_logits is None:
             raise TypeError("FusionTeacher.loss needs the FusionTeacherOutput of its own forward")
-        labelled = [i for i in range(batch.size) if bool(batch.has_label[i])]
-        if not labelled:
-            raise ValueError(
-                f"batch {batch.tokens} has no labelled frames: the teacher is trained on labelled splits only"
-            )
-        sel = torch.tensor(labelled, device=output.head.heatmap.device)
-        head_out = HeadOutput(
-            output.head.heatmap.index_select(0, sel), output.head.regression.index_select(0, sel)
-        )
-        tgt = targets.build_targets(
-            [batch.gt_boxes[i] for i in labelled],
-            [batch.gt_labels[i] for i in labelled],
-            self.bev_grid,
-            len(self.class_names),
-            self.head_cfg,
-        )
-        terms = targets.detection_loss(head_out, tgt, self.head_cfg)
+        terms = targets.labelled_detection_loss(
+            output.head, batch.gt_boxes, batch.gt_labels, batch.has_label, batch.tokens,
+            self.bev_grid, len(self.class_names), self.head_cfg,
+        )  # fmt: skip
         terms["depth"] = self.depth_loss_weight * depth_loss(
             output.depth_logits, batch.depth, self.depth_bins
         )

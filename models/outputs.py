@@ -6,23 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Channel map of the CenterPoint box regression, shared by heads, targets, the store
-# (`box_regression` fields) and its augmentation. Offsets are the sub-cell position of the box
-# centre, in cells, relative to the cell's corner: (centre_col - col, centre_row - row) in
-# [0, 1). z: box centre height in metres; log_l/w/h: log of the size in metres; sin/cos of
-# yaw; vx, vy in m/s, all in the ego frame.
-REGRESSION_CHANNELS: tuple[str, ...] = (
-    "offset_x",
-    "offset_y",
-    "z",
-    "log_l",
-    "log_w",
-    "log_h",
-    "sin_yaw",
-    "cos_yaw",
-    "vx",
-    "vy",
-)
+from bevkd.pipeline.geometry import REGRESSION_CHANNELS
+
+__all__ = ["REGRESSION_CHANNELS", "Detections", "HeadOutput", "TeacherOutput"]
 
 
 @dataclass

@@ -236,3 +236,32 @@ def detection_loss(
         ),
     }
     return check_finite(terms)
+
+
+def labelled_detection_loss(
+    head: HeadOutput,
+    gt_boxes: Sequence[torch.Tensor],
+    gt_labels: Sequence[torch.Tensor],
+    has_label: torch.Tensor,
+    tokens: Sequence[str],
+    grid: BEVGrid,
+    num_classes: int,
+    head_cfg: HeadConfig,
+) -> dict[str, torch.Tensor]:
+    """:func:`detection_loss` over the labelled samples of a batch only: unlabelled samples
+    carry no GT, and their empty box lists would otherwise teach "nothing here"."""
+    labelled = [i for i in range(len(tokens)) if bool(has_label[i])]
+    if not labelled:
+        raise ValueError(
+            f"batch {list(tokens)} has no labelled frames: teachers train on labelled splits only"
+        )
+    sel = torch.tensor(labelled, device=head.heatmap.device)
+    chosen = HeadOutput(head.heatmap.index_select(0, sel), head.regression.index_select(0, sel))
+    tgt = build_targets(
+        [gt_boxes[i] for i in labelled],
+        [gt_labels[i] for i in labelled],
+        grid,
+        num_classes,
+        head_cfg,
+    )
+    return detection_loss(chosen, tgt, head_cfg)

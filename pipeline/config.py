@@ -4,7 +4,7 @@ Resolution order: dataclass defaults < YAML file < ``--set a.b=value`` overrides
 Unknown keys are errors that name the key and its nearest valid spelling. Derived values
 (grid shapes, strides) are properties computed from the config, never configured.
 
-This module is a leaf: it imports no other bevkd folder.
+This module is a leaf: it imports no other bevkd folder (only pipeline.geometry).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from bevkd.pipeline.geometry import NUSCENES_CLASSES
 
 T = TypeVar("T")
 
@@ -224,18 +226,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    classes: tuple[str, ...] = (
-        "car",
-        "truck",
-        "construction_vehicle",
-        "bus",
-        "trailer",
-        "barrier",
-        "motorcycle",
-        "bicycle",
-        "pedestrian",
-        "traffic_cone",
-    )
+    classes: tuple[str, ...] = NUSCENES_CLASSES
 
 
 # --------------------------------------------------------------------------------------------

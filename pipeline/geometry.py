@@ -25,6 +25,24 @@ from pyquaternion import Quaternion
 BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
 BOX_DIM = len(BOX_FIELDS)
 
+# Channel map of CenterPoint box regression maps, shared by heads, targets and the store's
+# ``box_regression`` fields. Offsets are the sub-cell position of the box centre, in cells,
+# relative to the cell's corner: (centre_col - col, centre_row - row) in [0, 1). z: box centre
+# height in metres; log_l/w/h: log of the size in metres; sin/cos of yaw; vx, vy in m/s, all
+# in the ego frame.
+REGRESSION_CHANNELS: tuple[str, ...] = (
+    "offset_x",
+    "offset_y",
+    "z",
+    "log_l",
+    "log_w",
+    "log_h",
+    "sin_yaw",
+    "cos_yaw",
+    "vx",
+    "vy",
+)
+
 NUSCENES_CLASSES = (
     "car",
     "truck",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bevkd.pipeline.errors import BevkdError
-from bevkd.pipeline.geometry import BEVGrid
+from bevkd.pipeline.geometry import REGRESSION_CHANNELS, BEVGrid
 from bevkd.pipeline.provenance import environment, sha256_lines
 
 SCHEMA_VERSION = 1
@@ -32,22 +32,6 @@ SCHEMA_VERSION = 1
 KINDS = ("bev_feature", "heatmap", "box_regression", "embedding", "boxes")
 SPATIAL_KINDS = ("bev_feature", "heatmap", "box_regression", "embedding")
 
-# Same meaning and order as bevkd.models.outputs.REGRESSION_CHANNELS (copied, not imported:
-# storage must not import models; a test pins the two together). Offsets: sub-cell centre
-# position in cells relative to the cell corner, in [0, 1); z in m; log sizes of metres;
-# sin/cos of yaw; vx, vy in m/s, ego frame.
-REGRESSION_CHANNELS: tuple[str, ...] = (
-    "offset_x",
-    "offset_y",
-    "z",
-    "log_l",
-    "log_w",
-    "log_h",
-    "sin_yaw",
-    "cos_yaw",
-    "vx",
-    "vy",
-)
 
 # One row of a ``boxes`` field: the (N, 9) box convention, then score and class id.
 BOX_ROW_CHANNELS: tuple[str, ...] = (

@@ -23,12 +23,6 @@ from bevkd.storage.schema import (
 from bevkd.storage.testing import small_contract, write_store
 
 
-def test_regression_channels_match_the_models_definition() -> None:
-    from bevkd.models.outputs import REGRESSION_CHANNELS as MODEL_CHANNELS
-
-    assert REGRESSION_CHANNELS == MODEL_CHANNELS
-
-
 def test_contract_round_trips_through_a_dict() -> None:
     contract = small_contract()
     assert StoreContract.from_dict(contract.to_dict()) == contract

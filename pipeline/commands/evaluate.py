@@ -83,7 +83,9 @@ def command(
     click.echo(f"saved metrics.json and summary.md to {out}")
 
 
-def _evaluate_checkpoint(path: Path, overrides: tuple[str, ...], data_root: str | None, out_dir: str | None) -> dict:
+def _evaluate_checkpoint(
+    path: Path, overrides: tuple[str, ...], data_root: str | None, out_dir: str | None
+) -> dict:
     from bevkd.models.checkpoint import load_teacher
     from bevkd.pipeline.config import with_overrides
     from bevkd.stages.predict import evaluate_model
@@ -105,7 +107,9 @@ def _print(summary: dict) -> None:
     click.echo(
         f"nuScenes {summary['eval_set']} ({summary['num_samples']} samples): mAP {summary['mAP']:.4f}  NDS {summary['NDS']:.4f}"
     )
-    errors = "  ".join(f"{k} {v:.3f}" for k, v in summary["tp_errors"].items() if v is not None and v == v)
+    errors = "  ".join(
+        f"{k} {v:.3f}" for k, v in summary["tp_errors"].items() if v is not None and v == v
+    )
     click.echo(f"mean TP errors: {errors}")
     for name, ap in summary["class_ap"].items():
         marker = "" if name in summary["gt_classes"] else "  (no GT in range)"
