@@ -28,7 +28,11 @@ from bevkd.models.checkpoint import save_checkpoint
 from bevkd.pipeline.config import Config, load_config, with_overrides
 from bevkd.stages import cache_teacher, teacher_runner
 
-CHECKPOINT_KEYS = {"lidar": "lidar_checkpoint", "fusion": "fusion_checkpoint", "label_encoder": "label_encoder_checkpoint"}
+CHECKPOINT_KEYS = {
+    "lidar": "lidar_checkpoint",
+    "fusion": "fusion_checkpoint",
+    "label_encoder": "label_encoder_checkpoint",
+}
 
 
 def ensure_teachers(cfg: Config, tmp: Path) -> list[str]:
@@ -36,13 +40,19 @@ def ensure_teachers(cfg: Config, tmp: Path) -> list[str]:
     overrides: list[str] = []
     lidar = cfg.cache.lidar_checkpoint
     if not Path(lidar).is_file():
-        lidar = str(save_checkpoint(tmp / "lidar.pt", build_teacher(load_config(None, ["model.kind=lidar"])), cfg))
+        lidar = str(
+            save_checkpoint(
+                tmp / "lidar.pt", build_teacher(load_config(None, ["model.kind=lidar"])), cfg
+            )
+        )
         overrides.append(f"cache.lidar_checkpoint={lidar}")
     for name in cfg.cache.teachers:
         path = getattr(cfg.cache, CHECKPOINT_KEYS[name])
         if name == "lidar" or (path and Path(path).is_file()):
             continue
-        extra = [f"model.kind={name}"] + ([f"model.checkpoint={lidar}"] if name == "label_encoder" else [])
+        extra = [f"model.kind={name}"] + (
+            [f"model.checkpoint={lidar}"] if name == "label_encoder" else []
+        )
         tcfg = load_config(None, extra)
         saved = save_checkpoint(tmp / f"{name}.pt", build_teacher(tcfg), tcfg)
         overrides.append(f"cache.{CHECKPOINT_KEYS[name]}={saved}")
@@ -54,13 +64,20 @@ def forward_only(cfg: Config, frames: list) -> float:
     dataset = FrameDataset(frames, cfg.data, train=False)
     samples = [dataset[i] for i in range(len(frames))]
     device = torch.device("cpu")
-    models = {n: teacher_runner.load_teacher_once(teacher_runner.checkpoint_of(cfg, n), device)[0] for n in cfg.cache.teachers}
+    models = {
+        n: teacher_runner.load_teacher_once(teacher_runner.checkpoint_of(cfg, n), device)[0]
+        for n in cfg.cache.teachers
+    }
     batch = cfg.train.batch_size
     with torch.no_grad():
         teacher_runner.forward_frozen(next(iter(models.values())), samples[:1], device)  # warm-up
         start = time.perf_counter()
         for name, model in models.items():
-            chosen = [s for s in samples if s.has_label] if teacher_runner.TEACHER_FIELDS[name].labeled_only else samples
+            chosen = (
+                [s for s in samples if s.has_label]
+                if teacher_runner.TEACHER_FIELDS[name].labeled_only
+                else samples
+            )
             for i in range(0, len(chosen), batch):
                 teacher_runner.forward_frozen(model, chosen[i : i + batch], device)
         return len(samples) / (time.perf_counter() - start)
@@ -77,14 +94,18 @@ def cache_rate(cfg: Config, url: Path, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/demo/cache.yaml")
-    parser.add_argument("--frames", type=int, default=48, help="frames per split role (train, val, unlabeled)")
+    parser.add_argument(
+        "--frames", type=int, default=48, help="frames per split role (train, val, unlabeled)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         base = load_config(args.config, [f"cache.max_frames={args.frames // 3}"])
         cfg = with_overrides(base, ensure_teachers(base, tmp))
         frames = cache_teacher.select_frames(cfg)
-        print(f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; torch threads {torch.get_num_threads()}")
+        print(
+            f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; torch threads {torch.get_num_threads()}"
+        )
         fwd = forward_only(cfg, frames)
         single = cache_rate(cfg, tmp / "single.zarr", 0)
         dask = cache_rate(cfg, tmp / "dask.zarr", 2)

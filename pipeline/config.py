@@ -197,6 +197,9 @@ class CacheConfig:
     fusion_checkpoint: str = ""
     label_encoder_checkpoint: str = "work/demo/teacher_label/best.pt"
     splits: tuple[str, ...] = ("train", "val", "unlabeled")
+    # heatmaps are stored as sigmoid probabilities (what CMKD, LabelDistill and SimDistill consume;
+    # an 8-bit background of ~0 compresses well) or as the head's raw logits
+    heatmap_as: str = "probabilities"
     lidar_bev_scales: tuple[int, ...] = (1,)  # 1 = the BEV grid; 2 = half resolution too
     scheduler: str = ""  # a dask scheduler address; empty starts a LocalCluster
     n_workers: int = 2

@@ -85,7 +85,14 @@ def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
             if spec.heatmap:
                 k, h, w = out.head.heatmap.shape[1:]
                 fields.append(
-                    heatmap_field(spec.heatmap, k, h, w, codec=overrides.get(spec.heatmap))
+                    heatmap_field(
+                        spec.heatmap,
+                        k,
+                        h,
+                        w,
+                        codec=overrides.get(spec.heatmap),
+                        activation=cfg.cache.heatmap_as,
+                    )
                 )
                 fields.append(
                     box_regression_field(

@@ -30,12 +30,20 @@ def ensure_data(cfg: Config) -> None:
     from bevkd.stages.make_demo_data import run as make_demo_data
 
     root = Path(cfg.data.root)
-    present = (root / cfg.data.version).is_dir() if cfg.data.format == "nuscenes" else (root / "object").is_dir()
+    present = (
+        (root / cfg.data.version).is_dir()
+        if cfg.data.format == "nuscenes"
+        else (root / "object").is_dir()
+    )
     if present:
         return
     if not cfg.data.synthetic_preset:
-        raise BevkdError(f"dataset root {root} not found (data.root); point it at your {cfg.data.format} data")
-    click.echo(f"[build] writing the synthetic world ({cfg.data.synthetic_preset}, {cfg.data.format}) to {root}")
+        raise BevkdError(
+            f"dataset root {root} not found (data.root); point it at your {cfg.data.format} data"
+        )
+    click.echo(
+        f"[build] writing the synthetic world ({cfg.data.synthetic_preset}, {cfg.data.format}) to {root}"
+    )
     make_demo_data(root, cfg.data.synthetic_preset, 0, cfg.data.format, progress=True)
 
 
@@ -61,12 +69,16 @@ def ensure_teacher(cfg: Config, name: str) -> None:
     if name == "fusion":  # starts from the LiDAR teacher, as BEVFusion does
         overrides.append(f"model.init_from={cfg.cache.lidar_checkpoint}")
     teacher_cfg = load_config(configs[name], overrides)
-    click.echo(f"[build] training the {name} teacher ({configs[name]}) -> {checkpoint.parent / 'best.pt'}")
+    click.echo(
+        f"[build] training the {name} teacher ({configs[name]}) -> {checkpoint.parent / 'best.pt'}"
+    )
     result = train(teacher_cfg)
     if result.checkpoint != checkpoint:
         result.checkpoint.replace(checkpoint)
     if "mAP" in result.metrics:
-        click.echo(f"[build] {name} teacher on val: mAP {result.metrics['mAP']:.3f}, NDS {result.metrics['NDS']:.3f}")
+        click.echo(
+            f"[build] {name} teacher on val: mAP {result.metrics['mAP']:.3f}, NDS {result.metrics['NDS']:.3f}"
+        )
 
 
 def prepare_teachers(cfg: Config) -> Config:
@@ -74,7 +86,9 @@ def prepare_teachers(cfg: Config) -> Config:
     ensure_data(cfg)
     order = [t for t in ("lidar", "fusion", "label_encoder") if t in cfg.cache.teachers]
     if {"label_encoder", "fusion"} & set(order) and "lidar" not in order:
-        order.insert(0, "lidar")  # the label encoder trains through it, the fusion teacher starts from it
+        order.insert(
+            0, "lidar"
+        )  # the label encoder trains through it, the fusion teacher starts from it
     for name in order:
         ensure_teacher(cfg, name)
     return cfg
@@ -108,7 +122,9 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     cfg = prepare_teachers(demo_config(out))
     click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
     result = cache(cfg)
-    click.echo(f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)")
+    click.echo(
+        f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
+    )
     report = verify_store(cfg.store.url)
     click.echo(f"[demo] verify: {summarize(report)}")
     if not report.ok:
@@ -118,6 +134,8 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
         click.echo(line)
     first = next(i for i in range(len(store.tokens)) if store.has_label[i])
     frames = {f.token: f for role in ("train", "val") for f in load_frames(cfg, role)}
-    picture = render_frame(store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes)
+    picture = render_frame(
+        store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes
+    )
     click.echo(f"[demo] wrote {picture}")
     return Path(cfg.store.url)

@@ -53,7 +53,12 @@ def evaluate_model(
         results_dir.mkdir(parents=True, exist_ok=True)
         for frame, det in zip(frames, detections, strict=True):
             kitti_ap.write_detections(
-                results_dir, frame, det.boxes.numpy(), det.scores.numpy(), det.labels.numpy(), cfg.classes
+                results_dir,
+                frame,
+                det.boxes.numpy(),
+                det.scores.numpy(),
+                det.labels.numpy(),
+                cfg.classes,
             )
         metrics: dict[str, Any] = kitti_ap.run(cfg, results_dir, out)
         return metrics

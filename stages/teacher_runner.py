@@ -139,7 +139,8 @@ def run_shard(
             for src, dst in features.items():
                 arrays.setdefault(dst, []).append(out.features[src].float().cpu().numpy())
             if spec.heatmap:
-                arrays.setdefault(spec.heatmap, []).append(out.head.heatmap.float().cpu().numpy())
+                heatmap = stored_heatmap(out.head.heatmap, cfg.cache.heatmap_as)
+                arrays.setdefault(spec.heatmap, []).append(heatmap.cpu().numpy())
                 arrays.setdefault(spec.regression, []).append(
                     out.head.regression.float().cpu().numpy()
                 )
@@ -155,6 +156,15 @@ def run_shard(
                     boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
     stacked = {k: np.concatenate(v) for k, v in arrays.items()}
     return stacked, boxes, skipped
+
+
+def stored_heatmap(logits: torch.Tensor, heatmap_as: str) -> torch.Tensor:
+    """The head's (B, K, H, W) logits as the store keeps them: ``probabilities`` or ``logits``."""
+    if heatmap_as == "probabilities":
+        return torch.sigmoid(logits.float())
+    if heatmap_as == "logits":
+        return logits.float()
+    raise BevkdError(f"cache.heatmap_as must be 'probabilities' or 'logits', got {heatmap_as!r}")
 
 
 def describe_teachers(cfg: Config, teachers: Sequence[str]) -> dict[str, Any]:

@@ -88,7 +88,9 @@ def run(cfg: Config) -> TrainResult:
     if cfg.model.init_from:
         copied, skipped = init_from_checkpoint(model, cfg.model.kind, cfg.model.init_from)
         if info.is_main:
-            tqdm.write(f"initialised {copied} tensors from {cfg.model.init_from} ({skipped} did not fit)")
+            tqdm.write(
+                f"initialised {copied} tensors from {cfg.model.init_from} ({skipped} did not fit)"
+            )
     model = model.to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -70,7 +70,9 @@ def test_evaluate_command_runs_a_teacher_checkpoint(root: Path, tmp_path: Path) 
     from bevkd.pipeline.cli import cli
 
     lidar, _ = make_teachers(root, tmp_path / "teachers")
-    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(lidar), "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--checkpoint", str(lidar), "--out", str(tmp_path / "eval")]
+    )
     assert result.exit_code == 0, result.output
     assert "mAP" in result.output and "NDS" in result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
