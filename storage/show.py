@@ -33,8 +33,12 @@ def render_frame(store: TeacherStore, frame: int | str, out: str | Path, gt_boxe
     cached = cached[cached[:, 9] >= score_threshold]
     if not panels:
         raise StoreError(f"{store.url}: frame {i} has no BEV field to draw")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
-    for ax, spec in zip(axes[0], panels, strict=True):
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, spec in zip(axes.flat, panels, strict=False):
         value = data[spec.name]
         if spec.kind == "heatmap":
             probs = 1 / (1 + np.exp(-value)) if spec.heatmap_activation == "logits" else value
@@ -49,6 +53,8 @@ def render_frame(store: TeacherStore, frame: int | str, out: str | Path, gt_boxe
         _draw_boxes(ax, cached[:, :9], "orange")
         if gt_boxes is not None and len(gt_boxes):
             _draw_boxes(ax, np.asarray(gt_boxes, np.float64)[:, :9], "lime")
+        ax.set_xlim(g.x_min, g.x_max)  # GT beyond the grid would stretch the axes
+        ax.set_ylim(g.y_min, g.y_max)
         ax.set_title(f"{spec.name} ({spec.kind})", fontsize=9)
         ax.set_xlabel("x forward (m)")
         ax.set_ylabel("y left (m)")
