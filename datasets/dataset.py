@@ -39,8 +39,12 @@ class FrameDataset(torch.utils.data.Dataset):
         train: bool = False,
         seed: int = 0,
         cameras: Sequence[str] | None = None,
+        with_depth: bool = True,
     ) -> None:
         self.frames = list(frames)
+        self.with_depth = (
+            with_depth  # LiDAR depth maps feed students' depth losses; teachers skip them
+        )
         self.data = data
         self.train = train
         self.seed = seed
@@ -89,6 +93,8 @@ class FrameDataset(torch.utils.data.Dataset):
                 depth_map(
                     key_points, extrinsics, intrinsics, self.data.image_size, self.data.depth_stride
                 )
+                if self.with_depth
+                else _no_depth(self.data)
             )
         return Sample(
             token=frame.token,
@@ -114,6 +120,12 @@ class FrameDataset(torch.utils.data.Dataset):
                 "set data.cameras"
             )
         return [by_name[name] for name in self.cameras]
+
+
+def _no_depth(data: DataConfig) -> np.ndarray:
+    """An all-zero ("no return") depth map, for loaders that asked for none."""
+    h, w = data.image_size
+    return np.zeros((h // data.depth_stride, w // data.depth_stride), np.float32)
 
 
 def _f32(array: np.ndarray) -> torch.Tensor:

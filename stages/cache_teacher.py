@@ -8,7 +8,6 @@ gives. Teachers are loaded once per worker process.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +124,14 @@ def _shard_task(
     frames: list[Frame],
     first: int,
     storage_options: dict | None,
+    threads: int | None = None,
 ) -> int:
-    """One dask task: run the teachers over a shard and write it. Idempotent."""
+    """Run the teachers over one shard and write it (a dask task, or a loop step in one
+    process). Idempotent. ``threads``: torch threads for a dask worker; None keeps torch's."""
     from bevkd.storage.writer import StoreWriter
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    torch.set_num_threads(max(1, threads))
+    if threads:
+        torch.set_num_threads(threads)
     cfg = from_dict(Config, cfg_dict)
     writer = StoreWriter.open(url, storage_options)
     if writer.is_written(shard_id):
@@ -214,7 +215,7 @@ def _run_distributed(
         futures = {
             client.submit(
                 _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
-                key=f"cache-shard-{shard_id}-{np.random.default_rng().integers(1 << 30)}",
+                cfg.cache.threads_per_worker, key=f"cache-shard-{shard_id}-{np.random.default_rng().integers(1 << 30)}",
                 retries=cfg.cache.retries, resources=resources, pure=False,
             ): shard_id
             for shard_id, shard_frames, first in tasks

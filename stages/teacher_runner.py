@@ -117,7 +117,8 @@ def run_shard(
     (labelled-only fields over the labelled ones among them), box rows (N, 11) per frame, and
     frame index -> reason for the frames that failed to load.
     """
-    dataset = FrameDataset(frames, cfg.data, train=False)
+    # Teachers read no LiDAR depth maps (the fusion teacher's depth loss is a training term).
+    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
     samples: list[tuple[int, Sample]] = []
     skipped: dict[int, str] = {}
     for local in range(len(frames)):

@@ -97,8 +97,15 @@ def test_two_worker_local_cluster_writes_the_same_store(world: dict) -> None:
     cache_teacher.run(cfg)
     single, dask = _all_arrays(world["cfg"].store.url), _all_arrays(cfg.store.url)
     assert single.keys() == dask.keys()
-    for key in single:
-        np.testing.assert_array_equal(single[key], dask[key], err_msg=str(key))
+    assert open_store(cfg.store.url).tokens == open_store(world["cfg"].store.url).tokens
+    # Workers run torch on one thread, the single process on all cores: float sums change order
+    # (~1e-7), which can move an 8-bit code by one step. Equal up to the recorded codec error.
+    errors = open_store(cfg.store.url).attrs["codec_error"]
+    for (i, name), value in single.items():
+        tolerance = 2 * errors[name].get("max_abs", 0.0) + 1e-5
+        np.testing.assert_allclose(
+            value, dask[(i, name)], rtol=0, atol=tolerance, err_msg=str((i, name))
+        )
 
 
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_store(
@@ -123,10 +130,9 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_store(
     assert open_store_pending(url) > 0, "the kill came too late to interrupt anything"
     subprocess.run(command, check=True, capture_output=True)
     assert verify_store(str(url)).ok
+    # The same command, never killed (a subprocess too: same torch threads, same floats).
     uninterrupted = tmp_path / "whole.zarr"
-    cache_teacher.run(
-        cache_config(world["root"], world["teachers"], uninterrupted, "store.shard_size=1")
-    )
+    subprocess.run([*command, "--store", str(uninterrupted)], check=True, capture_output=True)
     a, b = _all_arrays(url), _all_arrays(uninterrupted)
     assert a.keys() == b.keys()
     for key in a:
