@@ -202,10 +202,9 @@ def test_unfixed_scatter_add_races_with_two_threads() -> None:
     )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="bug 1 only shows on machines without CUDA")
 def test_unfixed_spconv_backward_raises_on_cpu() -> None:
     """Without the fix, a CPU backward pass fails (bug 1), so the fix is necessary."""
-    if torch.cuda.is_available():
-        pytest.skip("bug 1 only shows on machines without CUDA")
     code = textwrap.dedent(
         """
         import torch, spconv.pytorch as spconv
@@ -228,9 +227,11 @@ def test_unfixed_spconv_backward_raises_on_cpu() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="NEEDS CUDA: checks that the patched spconv still runs its own CUDA kernels",
+)
 def test_cuda_path_is_unchanged() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("NEEDS CUDA: checks that the patched spconv still runs its own CUDA kernels")
     features, idx, _ = _random_sparse(7)
     conv = spconv.SubMConv3d(CHANNELS, 6, 3, padding=1, bias=False)
     cpu = conv(spconv.SparseConvTensor(features.detach().float(), idx, list(SHAPE), BATCH)).features

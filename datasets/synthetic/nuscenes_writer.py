@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bevkd.datasets.nuscenes import TABLES
 from bevkd.datasets.synthetic import road as rd
 from bevkd.datasets.synthetic.catalog import ATTRIBUTES, CATEGORIES, VISIBILITY
 from bevkd.datasets.synthetic.nuscenes_frames import (
@@ -290,21 +291,7 @@ class Tables:
     def write(self, root: Path) -> None:
         folder = root / VERSION
         folder.mkdir(parents=True, exist_ok=True)
-        for name in (
-            "attribute",
-            "calibrated_sensor",
-            "category",
-            "ego_pose",
-            "instance",
-            "log",
-            "map",
-            "sample",
-            "sample_annotation",
-            "sample_data",
-            "scene",
-            "sensor",
-            "visibility",
-        ):
+        for name in TABLES:
             with open(folder / f"{name}.json", "w") as handle:
                 json.dump(self.rows[name], handle, indent=0)
 
