@@ -13,7 +13,7 @@ OUT ?= work/demo
 SET ?=
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
