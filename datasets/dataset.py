@@ -171,6 +171,17 @@ def load_frames(cfg: Config, role: str) -> list[Frame]:
     raise DataError(f"unknown data.format '{cfg.data.format}' (expected nuscenes or kitti)")
 
 
+def find_frame(
+    cfg: Config, token: str, roles: Sequence[str] = ("train", "val", "unlabeled")
+) -> Frame:
+    """The frame ``token`` of the dataset ``cfg.data`` names, searched in the given split roles."""
+    for role in roles:
+        for frame in load_frames(cfg, role):
+            if frame.token == token:
+                return frame
+    raise DataError(f"frame {token} is in none of the splits {list(roles)} of {cfg.data.root}")
+
+
 def build_dataset(cfg: Config, role: str, train: bool | None = None) -> FrameDataset:
     """The dataset of a split role; augmentation on for "train" unless ``train`` says otherwise."""
     frames = load_frames(cfg, role)

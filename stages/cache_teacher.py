@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -215,7 +214,7 @@ def _run_distributed(
         futures = {
             client.submit(
                 _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
-                cfg.cache.threads_per_worker, key=f"cache-shard-{shard_id}-{np.random.default_rng().integers(1 << 30)}",
+                cfg.cache.threads_per_worker,
                 retries=cfg.cache.retries, resources=resources, pure=False,
             ): shard_id
             for shard_id, shard_frames, first in tasks

@@ -111,7 +111,7 @@ def demo_config(out: Path) -> Config:
 
 def run_demo(out: Path = Path("work/demo")) -> Path:
     """Data, teachers, store, verification and a picture; returns the store URL."""
-    from bevkd.datasets.dataset import load_frames
+    from bevkd.datasets.dataset import find_frame
     from bevkd.stages.cache_teacher import run as cache
     from bevkd.storage.info import describe
     from bevkd.storage.reader import open_store
@@ -133,9 +133,7 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     for line in describe(store):
         click.echo(line)
     first = next(i for i in range(len(store.tokens)) if store.has_label[i])
-    frames = {f.token: f for role in ("train", "val") for f in load_frames(cfg, role)}
-    picture = render_frame(
-        store, first, out / "frame0.png", gt_boxes=frames[store.tokens[first]].boxes
-    )
+    gt = find_frame(cfg, store.tokens[first]).boxes
+    picture = render_frame(store, first, out / "frame0.png", gt_boxes=gt)
     click.echo(f"[demo] wrote {picture}")
     return Path(cfg.store.url)

@@ -21,7 +21,7 @@ def predict(
 ) -> tuple[list[Frame], list[Detections]]:
     """Decoded detections (ego frame) for every frame of a split role, in frame order."""
     frames = load_frames(cfg, role)
-    dataset = FrameDataset(frames, cfg.data, train=False)
+    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)  # eval reads no depth
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

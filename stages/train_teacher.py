@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bevkd.datasets.dataset import build_dataset
+from bevkd.datasets.dataset import FrameDataset, build_dataset
 from bevkd.datasets.frame import collate
 from bevkd.models.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from bevkd.models.targets import NonFiniteLossError
@@ -46,8 +46,10 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _loader(cfg: Config, info: DistInfo, epoch: int) -> torch.utils.data.DataLoader:
-    dataset = build_dataset(cfg, "train")
+def _loader(
+    dataset: FrameDataset, cfg: Config, info: DistInfo, epoch: int
+) -> torch.utils.data.DataLoader:
+    """The epoch's loader over the (once-built) train dataset."""
     dataset.set_epoch(epoch)
     # The shuffle order is a function of (seed, epoch): a resumed epoch sees the same order.
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
@@ -94,7 +96,8 @@ def run(cfg: Config) -> TrainResult:
     model = model.to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = max(1, len(_loader(cfg, info, 0)) // cfg.train.grad_accum)
+    dataset = build_dataset(cfg, "train")  # indexed once, not once per epoch
+    steps_per_epoch = max(1, len(_loader(dataset, cfg, info, 0)) // cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=cfg.train.lr,
@@ -120,7 +123,7 @@ def run(cfg: Config) -> TrainResult:
     log = (out / "train_log.jsonl").open("a") if info.is_main else None
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
-        loader = _loader(cfg, info, epoch)
+        loader = _loader(dataset, cfg, info, epoch)
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{cfg.train.epochs}",

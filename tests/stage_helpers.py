@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from nuscenes_copy import VERSION, private_copy
+from nuscenes_copy import private_copy
 
 from bevkd.pipeline.config import Config, load_config
 
@@ -75,7 +75,6 @@ def lidar_files(root: Path) -> list[Path]:
 
 
 __all__ = [
-    "VERSION",
     "cache_config",
     "copy_dataset",
     "lidar_files",

@@ -134,14 +134,9 @@ def gt_from_provenance(store: Any, frame: int | str) -> Any:
     config saved in the store's provenance."""
     import yaml
 
-    from bevkd.datasets.dataset import load_frames
+    from bevkd.datasets.dataset import find_frame
     from bevkd.pipeline.config import Config, from_dict
 
     cfg = from_dict(Config, yaml.safe_load(store.provenance["config"]))
     i = store.index_of(frame) if isinstance(frame, str) else int(frame)
-    token = store.tokens[i]
-    for role in ("train", "val", "unlabeled"):
-        for record in load_frames(cfg, role):
-            if record.token == token:
-                return record.boxes
-    raise click.ClickException(f"frame {token} is not in {cfg.data.root}; draw without --with-gt")
+    return find_frame(cfg, store.tokens[i]).boxes
