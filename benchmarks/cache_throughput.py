@@ -1,21 +1,25 @@
 """Stage-one throughput: teacher forward alone vs the whole cache-teacher path, in one run.
 
-    .venv/bin/python benchmarks/cache_throughput.py [--frames 48] [--config configs/demo/cache.yaml]
+    .venv/bin/python benchmarks/cache_throughput.py [--frames 999] [--config configs/demo/cache.yaml]
 
 1. forward only: the frames are loaded into memory first, then the teachers run over them in
    batches of ``train.batch_size`` (one process, torch using every core);
-2. cache-teacher, one process: load, forward, encode, write, shard after shard;
-3. cache-teacher on a 2-worker dask LocalCluster (one torch thread per worker), the default.
+2. cache-teacher in one process (``cache.n_workers=0``): load, forward, encode, write, with
+   ``cache.threads_per_worker`` shard tasks in flight whose forwards take turns;
+3. cache-teacher on a dask LocalCluster, the default (``cache.n_workers`` worker processes).
 
-Prints frames/s of each and the ratios (2)/(1) and (3)/(1). Teachers come from the config's
-checkpoints (``make cache-teacher`` trains the demo ones); throughput does not depend on
-whether they are trained, so missing ones are built with random weights in a temp folder.
+For (2) and (3) it prints frames/s end to end (planning the store, creating it, the shards,
+finalizing: what a user waits for) and over the shard phase alone, and each against (1).
+Teachers come from the config's checkpoints (``make cache-teacher`` trains the demo ones);
+throughput does not depend on whether they are trained, so missing ones are built with random
+weights in a temp folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -61,7 +65,7 @@ def ensure_teachers(cfg: Config, tmp: Path) -> list[str]:
 
 def forward_only(cfg: Config, frames: list) -> float:
     """Frames/s of the teachers alone over frames already in memory."""
-    dataset = FrameDataset(frames, cfg.data, train=False)
+    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
     samples = [dataset[i] for i in range(len(frames))]
     device = torch.device("cpu")
     models = {
@@ -83,36 +87,57 @@ def forward_only(cfg: Config, frames: list) -> float:
         return len(samples) / (time.perf_counter() - start)
 
 
-def cache_rate(cfg: Config, url: Path, workers: int) -> float:
+def cache_rates(cfg: Config, url: Path, overrides: list[str]) -> tuple[float, float]:
+    """(end-to-end, shard-phase) frames/s of one cache-teacher run into a fresh store."""
     shutil.rmtree(url, ignore_errors=True)
-    run_cfg = with_overrides(cfg, [f"store.url={url}", f"cache.n_workers={workers}"])
-    start = time.perf_counter()
-    result = cache_teacher.run(run_cfg)
-    return result.frames / (time.perf_counter() - start)
+    result = cache_teacher.run(with_overrides(cfg, [f"store.url={url}", *overrides]))
+    return result.frames / result.seconds, result.frames / result.phases["shards"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/demo/cache.yaml")
     parser.add_argument(
-        "--frames", type=int, default=48, help="frames per split role (train, val, unlabeled)"
+        "--frames", type=int, default=999, help="at most this many frames per split role"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of all three measurements, interleaved"
     )
     args = parser.parse_args()
+    runs: dict[str, list[tuple[float, float]]] = {"forward": [], "single": [], "dask": []}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        base = load_config(args.config, [f"cache.max_frames={args.frames // 3}"])
+        base = load_config(args.config, [f"cache.max_frames={args.frames}"])
         cfg = with_overrides(base, ensure_teachers(base, tmp))
         frames = cache_teacher.select_frames(cfg)
         print(
-            f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; torch threads {torch.get_num_threads()}"
+            f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; "
+            f"torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds"
         )
-        fwd = forward_only(cfg, frames)
-        single = cache_rate(cfg, tmp / "single.zarr", 0)
-        dask = cache_rate(cfg, tmp / "dask.zarr", 2)
-    print(f"{'path':<44}{'frames/s':>10}{'vs forward':>12}")
-    print(f"{'teacher forward only (frames in memory)':<44}{fwd:>10.2f}{1.0:>12.2f}")
-    print(f"{'cache-teacher, one process':<44}{single:>10.2f}{single / fwd:>12.2f}")
-    print(f"{'cache-teacher, dask LocalCluster (2 workers)':<44}{dask:>10.2f}{dask / fwd:>12.2f}")
+        # Shared machines drift: each round measures all three, and ratios pair them per round.
+        for _ in range(args.rounds):
+            fwd = forward_only(cfg, frames)
+            runs["forward"].append((fwd, fwd))
+            runs["single"].append(cache_rates(cfg, tmp / "single.zarr", ["cache.n_workers=0"]))
+            runs["dask"].append(cache_rates(cfg, tmp / "dask.zarr", []))
+    print(f"{'path':<36}{'frames/s':>10}{'vs forward':>12}{'shards only':>13}{'vs forward':>12}")
+    labels = {
+        "forward": "teacher forward only (in memory)",
+        "single": "cache-teacher, one process",
+        "dask": "cache-teacher, dask LocalCluster",
+    }
+    for key, label in labels.items():
+        for i, (total, shards) in enumerate(runs[key]):
+            fwd = runs["forward"][i][0]
+            tail = "" if key == "forward" else f"{shards:>13.2f}{shards / fwd:>12.2f}"
+            print(f"{label + f' [{i + 1}]':<36}{total:>10.2f}{total / fwd:>12.2f}{tail}")
+    for key in ("single", "dask"):
+        ratios = [r[1] / f[0] for r, f in zip(runs[key], runs["forward"], strict=True)]
+        totals = [r[0] / f[0] for r, f in zip(runs[key], runs["forward"], strict=True)]
+        print(
+            f"{labels[key]}: end to end {statistics.median(totals):.2f}x forward, "
+            f"shard phase {statistics.median(ratios):.2f}x (median of {len(ratios)} rounds)"
+        )
 
 
 if __name__ == "__main__":

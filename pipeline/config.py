@@ -202,8 +202,12 @@ class CacheConfig:
     heatmap_as: str = "probabilities"
     lidar_bev_scales: tuple[int, ...] = (1,)  # 1 = the BEV grid; 2 = half resolution too
     scheduler: str = ""  # a dask scheduler address; empty starts a LocalCluster
-    n_workers: int = 2
-    threads_per_worker: int = 1
+    n_workers: int = 1  # LocalCluster worker processes; 0 = no dask, run in this process
+    # Shard tasks in flight per process; 0 = 2 with CUDA, else 1. Their teacher forwards take
+    # turns on the device, so with 2 one task loads or writes while the other runs the
+    # teachers: right for a GPU; on CPU cores the forward's threads would be preempted.
+    threads_per_worker: int = 0
+    torch_threads: int = 0  # torch intra-op threads per process; 0 = the cores / n_workers
     retries: int = 2
     max_frames: int = 0  # 0 = all
 

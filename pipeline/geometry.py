@@ -155,9 +155,14 @@ def invert_pose(a2b: np.ndarray) -> np.ndarray:
     return out
 
 
+_IDENTITY = np.eye(4)
+
+
 def transform_points(points: np.ndarray, a2b: np.ndarray) -> np.ndarray:
     """Apply a 4x4 transform to ``(N, >=3)`` points; extra columns ride along unchanged."""
     out = np.array(points, dtype=points.dtype, copy=True)
+    if np.array_equal(a2b, _IDENTITY):  # no augmentation: skip the float64 round trip
+        return out
     xyz = points[:, :3].astype(np.float64)
     out[:, :3] = (xyz @ a2b[:3, :3].T + a2b[:3, 3]).astype(points.dtype)
     return out

@@ -8,8 +8,9 @@ gives. Teachers are loaded once per worker process.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class CacheResult:
     shards_written: int
     skipped: dict[int, str]
     seconds: float
+    # wall seconds per phase: "prepare" (frames, contract, store), "shards" (the shard tasks,
+    # including a LocalCluster start it waited for), "finalize"
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def select_frames(cfg: Config) -> list[Frame]:
@@ -123,21 +127,26 @@ def _shard_task(
     frames: list[Frame],
     first: int,
     storage_options: dict | None,
-    threads: int | None = None,
+    torch_threads: int = 0,
 ) -> int:
-    """Run the teachers over one shard and write it (a dask task, or a loop step in one
-    process). Idempotent. ``threads``: torch threads for a dask worker; None keeps torch's."""
+    """Load one shard's frames, run the teachers over them and write the shard (a dask task, or
+    a job of the one-process pool). Idempotent: a shard already marked written is skipped.
+
+    Tasks run concurrently in threads; only the forward holds the process's device lock
+    (:data:`teacher_runner.DEVICE_LOCK`), so loading and writing overlap another task's forward.
+    ``torch_threads``: torch intra-op threads for this process (0 keeps torch's setting).
+    """
+    from bevkd.pipeline.cluster import prepare_process, task_device
     from bevkd.storage.writer import StoreWriter
 
-    if threads:
-        torch.set_num_threads(threads)
+    prepare_process(torch_threads)
     cfg = from_dict(Config, cfg_dict)
-    writer = StoreWriter.open(url, storage_options)
+    writer = StoreWriter.reopen(url, storage_options)
     if writer.is_written(shard_id):
         return 0
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    arrays, boxes, skipped = teacher_runner.run_shard(
-        cfg, frames, first, cfg.cache.teachers, device, batch_size=cfg.train.batch_size
+    samples, skipped = teacher_runner.load_shard(cfg, frames, first)
+    arrays, boxes = teacher_runner.forward_shard(
+        cfg, samples, cfg.cache.teachers, task_device(), batch_size=cfg.train.batch_size
     )
     writer.write_shard(shard_id, arrays, boxes, skipped)
     return len(frames) - len(skipped)
@@ -145,10 +154,52 @@ def _shard_task(
 
 def run(cfg: Config, resume: bool = True) -> CacheResult:
     """Cache ``cfg.cache.teachers`` over ``cfg.cache.splits`` into ``cfg.store.url``."""
+    from bevkd.pipeline.cluster import ClusterStarter
+
+    started = time.perf_counter()
+    in_process = cfg.cache.n_workers == 0 and not cfg.cache.scheduler
+    # A LocalCluster's workers spawn and import torch while this process plans the store.
+    with (
+        contextlib.nullcontext()
+        if in_process
+        else ClusterStarter(
+            cfg.cache.scheduler,
+            cfg.cache.n_workers,
+            cfg.cache.threads_per_worker,
+            cfg.cache.torch_threads,
+        )
+    ) as cluster:
+        writer, frames, tasks = _prepare(cfg, resume)
+        prepared = time.perf_counter()
+        storage_options = dict(cfg.store.storage_options) or None
+        cfg_dict = to_dict(cfg)
+        bar = tqdm(
+            total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
+        )
+        if cluster is None:
+            _run_in_process(cfg, cfg_dict, tasks, storage_options, bar)
+        else:
+            client, torch_threads = cluster.result()
+            _run_distributed(cfg, cfg_dict, tasks, storage_options, bar, client, torch_threads)
+        bar.close()
+    cached = time.perf_counter()
+    summary = writer.finalize()
+    done = time.perf_counter()
+    skipped = (
+        {int(k): v for k, v in summary.get("skipped", {}).items()}
+        if isinstance(summary, dict)
+        else {}
+    )
+    phases = {"prepare": prepared - started, "shards": cached - prepared, "finalize": done - cached}
+    return CacheResult(cfg.store.url, len(frames), len(tasks), skipped, done - started, phases)
+
+
+def _prepare(cfg: Config, resume: bool) -> tuple[Any, list[Frame], list]:
+    """Create (or reopen) the store; return its writer, the frames and the unwritten shards'
+    tasks ``(shard id, frames, first frame index)``."""
     from bevkd.storage.schema import make_provenance
     from bevkd.storage.writer import StoreWriter
 
-    started = time.perf_counter()
     frames = select_frames(cfg)
     contract = plan_contract(cfg, frames)
     tokens = [f.token for f in frames]
@@ -164,67 +215,78 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
         tokens=tokens,
     )
     provenance["teachers"] = teachers
-    storage_options = dict(cfg.store.storage_options) or None
     writer = StoreWriter.create(
         cfg.store.url, contract, tokens, [f.scene for f in frames], [f.split for f in frames],
         [f.has_label for f in frames], provenance, shard_size=cfg.store.shard_size,
-        storage_options=storage_options, resume=resume,
+        storage_options=dict(cfg.store.storage_options) or None, resume=resume,
     )  # fmt: skip
-    pending = writer.pending_shards()
     if "://" not in cfg.store.url:
         save_resolved(cfg, Path(cfg.store.url).parent / (Path(cfg.store.url).name + ".config"))
-    cfg_dict = to_dict(cfg)
     tasks = [
         (s, [frames[i] for i in writer.shard_frames(s)], writer.shard_frames(s).start)
-        for s in pending
+        for s in writer.pending_shards()
     ]
-    bar = tqdm(
-        total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
-    )
-    if cfg.cache.n_workers == 0 and not cfg.cache.scheduler:
-        for shard_id, shard_frames, first in tasks:  # single process, same code path per shard
-            bar.update(
-                _shard_task(cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options)
-            )
-    else:
-        _run_distributed(cfg, cfg_dict, tasks, storage_options, bar)
-    bar.close()
-    summary = writer.finalize()
-    skipped = (
-        {int(k): v for k, v in summary.get("skipped", {}).items()}
-        if isinstance(summary, dict)
-        else {}
-    )
-    return CacheResult(
-        cfg.store.url, len(frames), len(pending), skipped, time.perf_counter() - started
-    )
+    return writer, frames, tasks
 
 
-def _run_distributed(
+def _run_in_process(
     cfg: Config, cfg_dict: dict, tasks: list, storage_options: dict | None, bar: tqdm
 ) -> None:
-    from distributed import as_completed
+    """The same shard tasks as the dask path, on :func:`~bevkd.pipeline.cluster.tasks_per_process`
+    threads of this process (no retries: the first failure stops the run; a rerun resumes)."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-    from bevkd.pipeline.cluster import dask_client, task_resources
+    from bevkd.pipeline.cluster import tasks_per_process
 
-    with dask_client(
-        cfg.cache.scheduler, cfg.cache.n_workers, cfg.cache.threads_per_worker
-    ) as client:
-        resources = task_resources(client)
+    with ThreadPoolExecutor(tasks_per_process(cfg.cache.threads_per_worker)) as pool:
         futures = {
-            client.submit(
-                _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
-                cfg.cache.threads_per_worker,
-                retries=cfg.cache.retries, resources=resources, pure=False,
+            pool.submit(
+                _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first,
+                storage_options, cfg.cache.torch_threads,
             ): shard_id
             for shard_id, shard_frames, first in tasks
         }  # fmt: skip
-        for future in as_completed(futures):
-            try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise BevkdError(
+                        f"shard {futures[future]} failed: {future.exception()}"
+                    ) from future.exception()
                 bar.update(future.result())
-            except Exception as exc:  # a shard failed after its retries: say which, then stop
-                for other in futures:
-                    other.cancel()
-                raise BevkdError(
-                    f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}"
-                ) from exc
+
+
+def _run_distributed(
+    cfg: Config,
+    cfg_dict: dict,
+    tasks: list,
+    storage_options: dict | None,
+    bar: tqdm,
+    client: Any,
+    torch_threads: int,
+) -> None:
+    from distributed import as_completed
+
+    from bevkd.pipeline.cluster import task_resources
+
+    resources = task_resources(client)
+    futures = {
+        client.submit(
+            _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
+            torch_threads,
+            retries=cfg.cache.retries, resources=resources, pure=False,
+        ): shard_id
+        for shard_id, shard_frames, first in tasks
+    }  # fmt: skip
+    for future in as_completed(futures):
+        try:
+            bar.update(future.result())
+        except Exception as exc:  # a shard failed after its retries: say which, then stop
+            for other in futures:
+                other.cancel()
+            raise BevkdError(
+                f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}"
+            ) from exc

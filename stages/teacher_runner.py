@@ -7,7 +7,9 @@ Which store field each teacher output becomes is one literal table (:data:`TEACH
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from torch import nn
 from bevkd.datasets.dataset import FrameDataset
 from bevkd.datasets.frame import Frame, Sample, collate
 from bevkd.models.outputs import TeacherOutput
+from bevkd.pipeline.cluster import io_threads
 from bevkd.pipeline.config import Config
 from bevkd.pipeline.errors import BevkdError
 
@@ -81,17 +84,20 @@ def checkpoint_of(cfg: Config, name: str) -> str:
     return paths[name]
 
 
-# One process-wide cache: a dask worker loads each teacher once, not once per task.
+# One process-wide cache: a dask worker loads each teacher once, not once per task (the lock
+# keeps two task threads from loading the same checkpoint twice).
 _LOADED: dict[tuple[str, str], tuple[nn.Module, Config, str]] = {}
+_LOADING = threading.Lock()
 
 
 def load_teacher_once(path: str, device: torch.device) -> tuple[nn.Module, Config, str]:
     from bevkd.models.checkpoint import load_teacher
 
     key = (str(path), str(device))
-    if key not in _LOADED:
-        _LOADED[key] = load_teacher(path, device)
-    return _LOADED[key]
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = load_teacher(path, device)
+        return _LOADED[key]
 
 
 def forward_frozen(model: nn.Module, samples: list[Sample], device: torch.device) -> TeacherOutput:
@@ -102,7 +108,82 @@ def forward_frozen(model: nn.Module, samples: list[Sample], device: torch.device
     return output
 
 
+# One teacher forward at a time per process. Shard tasks run in threads (dask worker threads, or
+# the one-process pool): while one task holds the device, the others load frames and encode and
+# write their shards, so I/O overlaps compute and the device (a GPU, or every CPU core through
+# torch's intra-op threads) is never asked for two forwards at once.
+DEVICE_LOCK = threading.Lock()
+
+
+def load_shard(
+    cfg: Config, frames: Sequence[Frame], first_index: int
+) -> tuple[list[Sample], dict[int, str]]:
+    """Load ``frames`` (global indices from ``first_index``) for the teachers.
+
+    Returns the samples that loaded and frame index -> reason for those that did not.
+    """
+    # Teachers read no LiDAR depth maps (the fusion teacher's depth loss is a training term).
+    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
+
+    def load(local: int) -> Sample | str:
+        try:
+            return dataset[local]
+        except BevkdError as exc:  # a bad frame is recorded and the job goes on
+            return str(exc)
+
+    # Frames load in parallel: image decoding and resizing, file reads and numpy release the GIL.
+    with ThreadPoolExecutor(io_threads()) as pool:
+        loaded = list(pool.map(load, range(len(frames))))
+    samples = [s for s in loaded if not isinstance(s, str)]
+    skipped = {first_index + i: s for i, s in enumerate(loaded) if isinstance(s, str)}
+    return samples, skipped
+
+
 @torch.no_grad()
+def forward_shard(
+    cfg: Config,
+    samples: Sequence[Sample],
+    teachers: Sequence[str],
+    device: torch.device,
+    batch_size: int = 4,
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+    """Run every teacher over the loaded ``samples`` of one shard, holding :data:`DEVICE_LOCK`.
+
+    Returns ``(arrays, boxes)``: arrays per field stacked over the samples (labelled-only fields
+    over the labelled ones among them), and box rows (N, 11) per sample.
+    """
+    arrays: dict[str, list[np.ndarray]] = {}
+    boxes: dict[str, list[np.ndarray]] = {}
+    with DEVICE_LOCK:
+        for name in teachers:
+            model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
+            spec = TEACHER_FIELDS[name]
+            chosen = [s for s in samples if s.has_label] if spec.labeled_only else list(samples)
+            features = wanted_features(name, cfg.cache.lidar_bev_scales)
+            for start in range(0, len(chosen), batch_size):
+                out = forward_frozen(model, chosen[start : start + batch_size], device)
+                for src, dst in features.items():
+                    arrays.setdefault(dst, []).append(out.features[src].float().cpu().numpy())
+                if spec.heatmap:
+                    heatmap = stored_heatmap(out.head.heatmap, cfg.cache.heatmap_as)
+                    arrays.setdefault(spec.heatmap, []).append(heatmap.cpu().numpy())
+                    arrays.setdefault(spec.regression, []).append(
+                        out.head.regression.float().cpu().numpy()
+                    )
+                    for det in out.detections:
+                        rows = torch.cat(
+                            [
+                                det.boxes.float(),
+                                det.scores.float()[:, None],
+                                det.labels.float()[:, None],
+                            ],
+                            dim=1,
+                        )
+                        boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
+    stacked = {k: np.concatenate(v) for k, v in arrays.items()}
+    return stacked, boxes
+
+
 def run_shard(
     cfg: Config,
     frames: Sequence[Frame],
@@ -111,52 +192,11 @@ def run_shard(
     device: torch.device,
     batch_size: int = 4,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], dict[int, str]]:
-    """Run every teacher over ``frames`` (global indices from ``first_index``).
-
-    Returns ``(arrays, boxes, skipped)``: arrays per field stacked over the frames that loaded
-    (labelled-only fields over the labelled ones among them), box rows (N, 11) per frame, and
-    frame index -> reason for the frames that failed to load.
-    """
-    # Teachers read no LiDAR depth maps (the fusion teacher's depth loss is a training term).
-    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
-    samples: list[tuple[int, Sample]] = []
-    skipped: dict[int, str] = {}
-    for local in range(len(frames)):
-        try:
-            samples.append((first_index + local, dataset[local]))
-        except BevkdError as exc:  # a bad frame is recorded and the job goes on
-            skipped[first_index + local] = str(exc)
-    arrays: dict[str, list[np.ndarray]] = {}
-    boxes: dict[str, list[np.ndarray]] = {}
-    for name in teachers:
-        model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
-        spec = TEACHER_FIELDS[name]
-        chosen = (
-            [s for _, s in samples if s.has_label] if spec.labeled_only else [s for _, s in samples]
-        )
-        features = wanted_features(name, cfg.cache.lidar_bev_scales)
-        for start in range(0, len(chosen), batch_size):
-            out = forward_frozen(model, chosen[start : start + batch_size], device)
-            for src, dst in features.items():
-                arrays.setdefault(dst, []).append(out.features[src].float().cpu().numpy())
-            if spec.heatmap:
-                heatmap = stored_heatmap(out.head.heatmap, cfg.cache.heatmap_as)
-                arrays.setdefault(spec.heatmap, []).append(heatmap.cpu().numpy())
-                arrays.setdefault(spec.regression, []).append(
-                    out.head.regression.float().cpu().numpy()
-                )
-                for det in out.detections:
-                    rows = torch.cat(
-                        [
-                            det.boxes.float(),
-                            det.scores.float()[:, None],
-                            det.labels.float()[:, None],
-                        ],
-                        dim=1,
-                    )
-                    boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
-    stacked = {k: np.concatenate(v) for k, v in arrays.items()}
-    return stacked, boxes, skipped
+    """Load ``frames`` and run every teacher over those that loaded: ``(arrays, boxes, skipped)``
+    as :func:`load_shard` and :func:`forward_shard` return them."""
+    samples, skipped = load_shard(cfg, frames, first_index)
+    arrays, boxes = forward_shard(cfg, samples, teachers, device, batch_size)
+    return arrays, boxes, skipped
 
 
 def stored_heatmap(logits: torch.Tensor, heatmap_as: str) -> torch.Tensor:

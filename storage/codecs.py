@@ -34,7 +34,9 @@ import numpy as np
 
 from bevkd.storage.schema import FieldSpec, StoreError
 
-ZSTD_LEVEL = 3
+# Measured on the demo teachers' uint8 outputs: level 1 gave 0.719 MB/frame at 6.4 ms/frame,
+# level 3 0.714 MB at 11.6 ms. Readers do not care which level wrote a chunk.
+ZSTD_LEVEL = 1
 BF16_NAN = 0x7FC0
 U8_MISSING = 255
 U8_LEVELS = 254  # codes 0..254; 255 is the "never written" sentinel

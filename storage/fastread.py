@@ -3,7 +3,7 @@ one event-loop round trip, then check crc32c, unzstd and view them in the callin
 
 zarr's general read path costs ~1 ms of Python per array per call, several times the
 decode itself for one frame. This path handles only the exact codec chain bevkd writes
-(``bytes`` little-endian or 1-byte dtypes, ``zstd``, ``crc32c``; default ``/`` chunk keys)
+(``bytes`` little-endian or 1-byte dtypes, ``zstd``, ``crc32c``; default chunk keys, ``.`` or ``/``)
 and checks that chain in each array's metadata; anything else goes through zarr. A
 missing chunk object is reported as missing (no sentinel guess needed).
 """
@@ -30,7 +30,8 @@ class FastArray:
         self.rows = int(array.metadata.chunk_grid.chunk_shape[0])
         self.chunk_shape = tuple(int(s) for s in array.metadata.chunk_grid.chunk_shape)
         self.dtype = np.dtype(array.dtype)
-        self.tail = "/0" * (len(self.chunk_shape) - 1)
+        self.sep = array.metadata.chunk_key_encoding.separator
+        self.tail = f"{self.sep}0" * (len(self.chunk_shape) - 1)
 
     @staticmethod
     def supports(array: Any) -> bool:
@@ -55,12 +56,12 @@ class FastArray:
             and isinstance(chain[1], ZstdCodec)
             and isinstance(chain[2], Crc32cCodec)
             and isinstance(meta.chunk_key_encoding, DefaultChunkKeyEncoding)
-            and meta.chunk_key_encoding.separator == "/"
+            and meta.chunk_key_encoding.separator in (".", "/")
             and not getattr(meta, "storage_transformers", ())
         )
 
     def key(self, frame: int) -> str:
-        return f"{self.path}/c/{frame // self.rows}{self.tail}"
+        return f"{self.path}/c{self.sep}{frame // self.rows}{self.tail}"
 
     def decode(self, raw: bytes, frame: int) -> np.ndarray:
         """The row of ``frame`` from its chunk's bytes (crc32c checked first)."""

@@ -34,6 +34,16 @@ MARKS = "shards/written"
 STAT_KEYS = ("count", "sum", "sumsq", "min", "max", "nan", "err_max", "err_sumsq", "absmax")
 
 
+# Chunk keys "c.<i>.0.0" (schema 2): one object per chunk, no directory per frame. Schema 1
+# stores used zarr's default "c/<i>/0/0", which cost three mkdirs per frame and field.
+CHUNK_SEPARATOR = "."
+
+
+def chunk_key(array: Any, coords: tuple[int, ...]) -> str:
+    """The store key of one chunk of a zarr ``array``, by its own chunk key encoding."""
+    return f"{array.path}/{array.metadata.chunk_key_encoding.encode_chunk_key(coords)}"
+
+
 def index_key(name: str) -> str:
     return f"index/{name}"
 
@@ -102,6 +112,7 @@ def array_table(
         }
     for kwargs in table.values():
         kwargs["compressors"] = comp
+        kwargs["chunk_key_encoding"] = {"name": "default", "separator": CHUNK_SEPARATOR}
     return table
 
 
@@ -156,8 +167,9 @@ def marked_shards(store: Any) -> set[int]:
     instead of one read per shard."""
     from bevkd.storage.remote import list_keys
 
-    prefix = f"{MARKS}/c/"
-    return {int(k[len(prefix) :]) for k in list_keys(store, prefix) if k[len(prefix) :].isdigit()}
+    prefix = f"{MARKS}/"  # marks are c.<shard> (schema 2) or c/<shard> (schema 1)
+    tails = (k[len(prefix) :] for k in list_keys(store, prefix))
+    return {int(t[2:]) for t in tails if t[:2] in ("c.", "c/") and t[2:].isdigit()}
 
 
 def field_parts(spec: FieldSpec) -> tuple[str, ...]:

@@ -16,10 +16,13 @@ import numpy as np
 from bevkd.storage import codecs, layout
 from bevkd.storage.fastread import FastArray, fetch
 from bevkd.storage.remote import open_zarr_store, quiet_zarr, run_sync
-from bevkd.storage.schema import SCHEMA_VERSION, StoreContract, StoreError
+from bevkd.storage.schema import (
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    StoreContract,
+    StoreError,
+)
 from bevkd.storage.writer import STORE_MARKER
-
-READABLE_SCHEMA_VERSIONS = (1,)
 
 
 class FrameSkipped(StoreError):

@@ -27,7 +27,9 @@ from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.geometry import REGRESSION_CHANNELS, BEVGrid
 from bevkd.pipeline.provenance import environment, sha256_lines
 
-SCHEMA_VERSION = 1
+# 2: chunk keys use '.' (c.<i>.0.0); 1: zarr's default '/'. Readers read both.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # same fields and semantics; only the chunk keys differ
 
 KINDS = ("bev_feature", "heatmap", "box_regression", "embedding", "boxes")
 SPATIAL_KINDS = ("bev_feature", "heatmap", "box_regression", "embedding")
@@ -190,7 +192,8 @@ class StoreContract:
         store fields are fine (a recipe reads the fields it needs). Codecs may differ.
         """
         out = []
-        if self.schema_version != expected.schema_version:
+        versions = {self.schema_version, expected.schema_version}
+        if len(versions) > 1 and not versions <= set(READABLE_SCHEMA_VERSIONS):
             out.append(
                 f"schema version: store has {self.schema_version}, expected {expected.schema_version}"
             )

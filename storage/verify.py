@@ -111,8 +111,7 @@ def _exists_all(store: TeacherStore, spec: FieldSpec, i: int) -> bool:
     raw = store._group.store
     for part in layout.field_parts(spec):
         arr = store._array(layout.field_key(spec.name, part))
-        rows = arr.chunks[0]
-        key = f"{layout.field_key(spec.name, part)}/c/{i // rows}" + "/0" * (arr.ndim - 1)
+        key = layout.chunk_key(arr, (i // arr.chunks[0],) + (0,) * (arr.ndim - 1))
         if not run_sync(raw.exists(key)):
             return False
     return True

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from bevkd.pipeline.cluster import io_threads
 from bevkd.pipeline.provenance import sha256_lines
 from bevkd.storage import codecs, layout
+from bevkd.storage.fastwrite import ChunkEncoder, put_objects
 from bevkd.storage.remote import is_local, open_zarr_store, run_sync
 from bevkd.storage.schema import (
     SCHEMA_VERSION,
@@ -57,6 +61,10 @@ def read_root_attrs(store: Any) -> dict[str, Any] | None:
         return None
 
 
+_OPEN_WRITERS: dict[tuple[str, str], StoreWriter] = {}
+_REOPEN_LOCK = threading.Lock()
+
+
 class StoreWriter:
     """Writes shards of one store. Cheap to re-open in another process with :meth:`open`."""
 
@@ -65,12 +73,16 @@ class StoreWriter:
     ):
         self.url = str(url)
         self.storage_options = storage_options
+        self._attrs = attrs
         self._group = group
         self.contract = StoreContract.from_dict(attrs)
         self.num_frames = int(attrs["num_frames"])
         self.shard_size = int(attrs["shard_size"])
         self._has_label = np.asarray(group[layout.index_key("has_label")][:], dtype=bool)
         self._arrays: dict[str, Any] = {}
+        self._encoders: dict[str, ChunkEncoder | None] = {}
+        self._lock = threading.Lock()
+        self.threads = io_threads()
 
     # -- creation ------------------------------------------------------------------------
 
@@ -147,6 +159,11 @@ class StoreWriter:
                 "its unwritten shards, or choose another URL"
             )
         stored = StoreContract.from_dict(existing)
+        if stored.schema_version != contract.schema_version:
+            raise ContractMismatch(
+                f"cannot resume {url}: it was written with store schema {stored.schema_version}, "
+                f"this bevkd writes schema {contract.schema_version}; re-cache into a new URL"
+            )
         if stored.to_dict() != contract.to_dict():
             diffs = stored.differences(contract) + contract.differences(stored)
             codec = [
@@ -184,6 +201,24 @@ class StoreWriter:
                 f"{url}: schema version {attrs['schema_version']}, this writer writes {SCHEMA_VERSION}"
             )
         return cls(url, zarr.open_group(store, mode="r+"), attrs, storage_options)
+
+    @classmethod
+    def reopen(cls, url: str, storage_options: dict[str, Any] | None = None) -> StoreWriter:
+        """:meth:`open`, reusing this process's writer of the same store while the store's
+        root attrs are unchanged. A worker writes many shards of one store, and re-opening
+        its ~60 arrays costs more per shard than encoding a frame."""
+        import json
+
+        key = (str(url), json.dumps(storage_options or {}, sort_keys=True, default=str))
+        with _REOPEN_LOCK:
+            cached = _OPEN_WRITERS.get(key)
+            if cached is not None:
+                store = open_zarr_store(url, storage_options, read_only=False)
+                if read_root_attrs(store) == cached._attrs:
+                    return cached
+            writer = cls.open(url, storage_options)
+            _OPEN_WRITERS[key] = writer
+            return writer
 
     # -- shards --------------------------------------------------------------------------
 
@@ -256,9 +291,13 @@ class StoreWriter:
             raise StoreError(
                 f"store {self.url}: unknown fields {unknown}; the contract has {list(self.contract.field_names)}"
             )
-        writes: list[tuple[str, slice | int, np.ndarray]] = []
-        for spec in self.contract.fields:
-            writes += self._field_writes(spec, shard_id, given.get(spec.name), skipped)
+        # Fields encode and write in parallel: numpy's loops, zstd and file writes release the GIL.
+        with ThreadPoolExecutor(self.threads) as pool:
+            per_field = pool.map(
+                lambda spec: self._write_field(spec, shard_id, given.get(spec.name), skipped),
+                self.contract.fields,
+            )
+            writes = [w for field_writes in per_field for w in field_writes]
         whole = slice(frames.start, frames.stop)
         writes.append(
             (
@@ -274,13 +313,38 @@ class StoreWriter:
                 np.array([skipped.get(i, "") for i in frames], dtype=object),
             )
         )
-        self._write_all(writes)
+        self._write_with_zarr(writes)
         if is_local(self.url):
             os.sync()  # the data must be durable before the mark says so
         self._array(layout.MARKS)[shard_id] = 1
 
-    def _write_all(self, writes: list[tuple[str, slice | int, np.ndarray]]) -> None:
-        """All writes of a shard in one event-loop round trip (zarr writes them concurrently)."""
+    def _encoder(self, key: str) -> ChunkEncoder | None:
+        with self._lock:
+            if key not in self._encoders:
+                self._encoders[key] = ChunkEncoder.for_array(self._array(key))
+            return self._encoders[key]
+
+    def _write_field(
+        self, spec: FieldSpec, shard_id: int, value: Any, skipped: dict[int, str]
+    ) -> list[tuple[str, slice | int, np.ndarray]]:
+        """Encode one field of a shard and put its whole chunks of the store's own format
+        (:mod:`~bevkd.storage.fastwrite`); return the writes left for zarr."""
+        rest: list[tuple[str, slice | int, np.ndarray]] = []
+        objects: list[tuple[str, bytes]] = []
+        for key, sel, data in self._field_writes(spec, shard_id, value, skipped):
+            encoder = self._encoder(key)
+            chunks = encoder.chunks(sel, data) if encoder is not None else None
+            if chunks is None:
+                rest.append((key, sel, data))
+            else:
+                objects += chunks
+        put_objects(self._group.store, objects)
+        return rest
+
+    def _write_with_zarr(self, writes: list[tuple[str, slice | int, np.ndarray]]) -> None:
+        """Writes in one event-loop round trip (zarr writes them concurrently)."""
+        if not writes:
+            return
         arrays = [(self._array(key)._async_array, sel, value) for key, sel, value in writes]
 
         async def run() -> None:

@@ -32,7 +32,7 @@ def test_info_shows_schema_provenance_fields_completeness_and_skips(clean_store:
     result = _run("store", "info", str(clean_store))
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "schema version: 1; finalized at" in out
+    assert "schema version: 2; finalized at" in out
     assert "16x16" in out and "classes: car, truck" in out
     assert "shards: 2/2 written, 4 frames each" in out
     assert "teacher: synthetic" in out and "frame tokens sha256:" in out
@@ -59,7 +59,7 @@ def test_verify_passes_on_a_clean_store(clean_store: Path) -> None:
 def test_flipped_byte_is_caught_by_verify_and_by_reading(tmp_path: Path, clean_store: Path) -> None:
     url = tmp_path / "bad.zarr"
     shutil.copytree(clean_store, url)
-    chunk = url / "fields" / "lidar_bev" / "data" / "c" / "5" / "0" / "0" / "0"
+    chunk = url / "fields" / "lidar_bev" / "data" / "c.5.0.0.0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x01
     chunk.write_bytes(bytes(data))
@@ -86,8 +86,8 @@ def test_verify_reports_missing_chunks_and_unwritten_shards(
 ) -> None:
     url = tmp_path / "holes.zarr"
     shutil.copytree(clean_store, url)
-    (url / "fields" / "heatmap" / "data" / "c" / "2" / "0" / "0" / "0").unlink()
-    (url / "shards" / "written" / "c" / "1").unlink()
+    (url / "fields" / "heatmap" / "data" / "c.2.0.0.0").unlink()
+    (url / "shards" / "written" / "c.1").unlink()
     from bevkd.storage.verify import verify_store
 
     report = verify_store(str(url))

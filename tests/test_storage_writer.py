@@ -60,11 +60,11 @@ WRITER = textwrap.dedent(
     from bevkd.storage.testing import shard_payload
     from bevkd.storage.writer import StoreWriter
     url, go, pause, shards = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
-    original = StoreWriter._write_all
+    original = StoreWriter._write_with_zarr  # the shard's last writes before its mark
     def slow(self, writes):
         original(self, writes)
         time.sleep(pause)
-    StoreWriter._write_all = slow
+    StoreWriter._write_with_zarr = slow
     writer = StoreWriter.open(url)
     while not os.path.exists(go):
         time.sleep(0.01)
@@ -83,7 +83,7 @@ def _spawn(url: Path, go: Path, pause: float, shards: list[int]) -> subprocess.P
 
 def _marks(url: Path) -> list[int]:
     return sorted(
-        int(p.name) for p in (url / "shards" / "written" / "c").glob("*") if p.name.isdigit()
+        int(p.name[2:]) for p in (url / "shards" / "written").glob("c.*") if p.name[2:].isdigit()
     )
 
 
@@ -100,7 +100,9 @@ def test_kill_9_mid_shard_then_resume_is_bit_identical(tmp_path: Path, reference
         )
         time.sleep(0.01)
     # ... and the next one has written data but no mark yet: kill it there.
-    next_chunk = url / "fields" / "lidar_bev" / "data" / "c" / str(max(_marks(url)) * SHARD + SHARD)
+    next_chunk = (
+        url / "fields" / "lidar_bev" / "data" / f"c.{max(_marks(url)) * SHARD + SHARD}.0.0.0"
+    )
     while not next_chunk.exists():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
@@ -123,7 +125,7 @@ def test_kill_9_mid_shard_then_resume_is_bit_identical(tmp_path: Path, reference
         crashed.read_frame(partial_shard * SHARD)
 
     # A killed LocalStore write can leave a temporary behind; it must not break anything.
-    leftover = url / "fields" / "heatmap" / "data" / "c" / "0" / "0" / "0" / "0.deadbeef.partial"
+    leftover = url / "fields" / "heatmap" / "data" / "c.0.0.0.0.deadbeef.partial"
     leftover.write_bytes(b"garbage from a killed writer")
 
     writer = _create(url, resume=True)
@@ -195,10 +197,10 @@ def test_missing_chunk_raises_never_zeros(tmp_path: Path) -> None:
     arrays, boxes = shard_payload(writer, 0)
     arrays["lidar_bev"][1] = 0.0  # an all-zero frame must still be written (write_empty_chunks)
     writer.write_shard(0, arrays, boxes)
-    assert (url / "fields" / "lidar_bev" / "data" / "c" / "1" / "0" / "0" / "0").is_file()
+    assert (url / "fields" / "lidar_bev" / "data" / "c.1.0.0.0").is_file()
     store = open_store(str(url))
     np.testing.assert_array_equal(store.read_frame(1)["lidar_bev"], 0.0)
-    for key in ("lidar_bev/data/c/2/0/0/0", "heatmap/scale/c/0/0", "boxes/count/c/0"):
+    for key in ("lidar_bev/data/c.2.0.0.0", "heatmap/scale/c.0.0", "boxes/count/c.0"):
         os.remove(url / "fields" / key)
         name = key.split("/")[0]
         frame = 2 if name == "lidar_bev" else 0
