@@ -57,7 +57,7 @@ def select_frames(cfg: Config) -> list[Frame]:
     return frames
 
 
-def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
+def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None = None) -> Any:
     """The store contract, with field shapes read off one real forward of every teacher."""
     from bevkd.storage.fields import (
         bev_feature_field,
@@ -68,6 +68,7 @@ def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
     )
     from bevkd.storage.schema import SCHEMA_VERSION, StoreContract
 
+    device = device or torch.device("cpu")
     probe = _first_loadable(cfg, frames)
     overrides = dict(cfg.store.codecs)
     fields = []
@@ -75,9 +76,9 @@ def plan_contract(cfg: Config, frames: list[Frame]) -> Any:
         for name in cfg.cache.teachers:
             spec = teacher_runner.TEACHER_FIELDS[name]
             model, _, _ = teacher_runner.load_teacher_once(
-                teacher_runner.checkpoint_of(cfg, name), torch.device("cpu")
+                teacher_runner.checkpoint_of(cfg, name), device
             )
-            out = teacher_runner.forward_frozen(model, [probe], torch.device("cpu"))
+            out = teacher_runner.forward_frozen(model, [probe], device)
             for src, dst in teacher_runner.wanted_features(
                 name, cfg.cache.lidar_bev_scales
             ).items():
@@ -118,6 +119,20 @@ def _first_loadable(cfg: Config, frames: list[Frame]) -> Any:
                 if len(errors) >= 5:
                     break
     raise BevkdError("no loadable labelled frame to size the store's fields: " + "; ".join(errors))
+
+
+def _plan_task(
+    cfg_dict: dict, frames: list[Frame], torch_threads: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The store contract (as a dict) and the teachers' provenance, where the shard tasks run:
+    a dask worker loads the teachers here, once, instead of the client and then the worker."""
+    from bevkd.pipeline.cluster import prepare_process, task_device
+
+    prepare_process(torch_threads)
+    cfg = from_dict(Config, cfg_dict)
+    device = task_device()
+    contract = plan_contract(cfg, frames, device)
+    return contract.to_dict(), teacher_runner.describe_teachers(cfg, cfg.cache.teachers, device)
 
 
 def _shard_task(
@@ -169,17 +184,23 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
             cfg.cache.torch_threads,
         )
     ) as cluster:
-        writer, frames, tasks = _prepare(cfg, resume)
+        cfg_dict = to_dict(cfg)
+        frames = select_frames(cfg)
+        if cluster is None:
+            planned = _plan_task(cfg_dict, frames, cfg.cache.torch_threads)
+        else:
+            client, torch_threads = cluster.result()
+            planned = client.submit(_plan_task, cfg_dict, frames, torch_threads, pure=False)
+            planned = planned.result()
+        writer, tasks = _create_store(cfg, frames, *planned, resume=resume)
         prepared = time.perf_counter()
         storage_options = dict(cfg.store.storage_options) or None
-        cfg_dict = to_dict(cfg)
         bar = tqdm(
             total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
         )
         if cluster is None:
             _run_in_process(cfg, cfg_dict, tasks, storage_options, bar)
         else:
-            client, torch_threads = cluster.result()
             _run_distributed(cfg, cfg_dict, tasks, storage_options, bar, client, torch_threads)
         bar.close()
     cached = time.perf_counter()
@@ -194,16 +215,20 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
     return CacheResult(cfg.store.url, len(frames), len(tasks), skipped, done - started, phases)
 
 
-def _prepare(cfg: Config, resume: bool) -> tuple[Any, list[Frame], list]:
-    """Create (or reopen) the store; return its writer, the frames and the unwritten shards'
+def _create_store(
+    cfg: Config,
+    frames: list[Frame],
+    contract_dict: dict[str, Any],
+    teachers: dict[str, Any],
+    resume: bool = True,
+) -> tuple[Any, list]:
+    """Create (or reopen) the store for ``frames``; return its writer and the unwritten shards'
     tasks ``(shard id, frames, first frame index)``."""
-    from bevkd.storage.schema import make_provenance
+    from bevkd.storage.schema import StoreContract, make_provenance
     from bevkd.storage.writer import StoreWriter
 
-    frames = select_frames(cfg)
-    contract = plan_contract(cfg, frames)
+    contract = StoreContract.from_dict(contract_dict)
     tokens = [f.token for f in frames]
-    teachers = teacher_runner.describe_teachers(cfg, cfg.cache.teachers)
     provenance = make_provenance(
         teacher=", ".join(f"{k}: {v['architecture']}" for k, v in teachers.items()),
         checkpoint_sha256={k: v["checkpoint_sha256"] for k, v in teachers.items()},
@@ -226,7 +251,7 @@ def _prepare(cfg: Config, resume: bool) -> tuple[Any, list[Frame], list]:
         (s, [frames[i] for i in writer.shard_frames(s)], writer.shard_frames(s).start)
         for s in writer.pending_shards()
     ]
-    return writer, frames, tasks
+    return writer, tasks
 
 
 def _run_in_process(

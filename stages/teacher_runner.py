@@ -208,13 +208,17 @@ def stored_heatmap(logits: torch.Tensor, heatmap_as: str) -> torch.Tensor:
     raise BevkdError(f"cache.heatmap_as must be 'probabilities' or 'logits', got {heatmap_as!r}")
 
 
-def describe_teachers(cfg: Config, teachers: Sequence[str]) -> dict[str, Any]:
+def describe_teachers(
+    cfg: Config, teachers: Sequence[str], device: torch.device | None = None
+) -> dict[str, Any]:
     """Provenance of each teacher: architecture, checkpoint path and sha256, its config sha."""
     from bevkd.pipeline.config import config_sha256
 
     out = {}
     for name in teachers:
-        model, tcfg, sha = load_teacher_once(checkpoint_of(cfg, name), torch.device("cpu"))
+        model, tcfg, sha = load_teacher_once(
+            checkpoint_of(cfg, name), device or torch.device("cpu")
+        )
         out[name] = {
             "architecture": f"{type(model).__name__} ({tcfg.model.kind}, encoder {tcfg.model.lidar_encoder})",
             "checkpoint": checkpoint_of(cfg, name),

@@ -102,8 +102,11 @@ def array_plans(spec: FieldSpec) -> dict[str, ArrayPlan]:
 # ------------------------------------------------------------------------------------------
 
 
-def encode(spec: FieldSpec, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Encode ``(k, C, H, W)`` float32 frames into the arrays of :func:`array_plans`."""
+def encode(
+    spec: FieldSpec, x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Encode ``(k, C, H, W)`` float32 frames into the arrays of :func:`array_plans`
+    (``extrema``: their :func:`channel_extrema`, if known; the uint8 codec needs them)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     kind, keep = parse_codec(spec.codec)
     if kind == "fp32":
@@ -114,7 +117,7 @@ def encode(spec: FieldSpec, x: np.ndarray) -> dict[str, np.ndarray]:
         return {"data": float32_to_bf16_bits(x)}
     if kind == "bitround":
         return {"data": bitround(x, keep)}
-    return quantize_u8(x)
+    return quantize_u8(x, extrema)
 
 
 def decode(spec: FieldSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
@@ -175,19 +178,29 @@ def bitround(x: np.ndarray, keepbits: int) -> np.ndarray:
     return np.asarray(BitRound(keepbits=keepbits).encode(x)).view(np.float32).reshape(x.shape)
 
 
-def quantize_u8(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame, per-channel affine 8-bit codes for ``(k, C, H, W)`` float32."""
+def channel_extrema(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame, per-channel ``(min, max)``, each ``(k, C)``, of ``(k, C, ...)`` frames (NaN
+    where a channel holds a NaN)."""
+    flat = x.reshape(*x.shape[:2], int(np.prod(x.shape[2:])))
+    return flat.min(axis=2), flat.max(axis=2)
+
+
+def quantize_u8(
+    x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-frame, per-channel affine 8-bit codes for ``(k, C, H, W)`` float32; ``extrema``:
+    :func:`channel_extrema` of ``x`` when the caller has them already."""
     k, channels = x.shape[:2]
     flat = x.reshape(k, channels, int(np.prod(x.shape[2:])))
-    lo = flat.min(axis=2)
-    hi = flat.max(axis=2)
+    lo, hi = extrema if extrema is not None else channel_extrema(x)
     scale = ((hi - lo) / U8_LEVELS).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    codes = (flat - lo[..., None]) / safe[..., None]
+    codes = flat - lo[..., None]  # >= 0, and <= U8_LEVELS after the division and rounding
+    codes /= safe[..., None]
     np.rint(codes, out=codes)
-    np.clip(codes, 0, U8_LEVELS, out=codes)
     if not np.isfinite(scale).all():
         # NaN input: codes are meaningless; the NaN scale marks the frame and finalize fails.
+        np.clip(codes, 0, U8_LEVELS, out=codes)
         codes = np.nan_to_num(codes, nan=0.0)
     data = codes.astype(np.uint8).reshape(x.shape)
     return {"data": data, "scale": scale, "offset": lo.astype(np.float32)}

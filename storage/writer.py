@@ -379,8 +379,9 @@ class StoreWriter:
                     f"(rows for frames {rows}: the shard minus skipped{', minus unlabeled' if spec.labeled_only else ''} frames)"
                 )
             value = value.astype(np.float32, copy=False)
-            parts = codecs.encode(spec, value)
-            stats, nan = shard_stats(value, codecs.decode(spec, parts))
+            extrema = codecs.channel_extrema(value) if spec.codec == "uint8" and rows else None
+            parts = codecs.encode(spec, value, extrema)
+            stats, nan = shard_stats(value, codecs.decode(spec, parts), extrema)
         writes: list[tuple[str, slice | int, np.ndarray]] = []
         slot = {frame: k for k, frame in enumerate(rows)}
         whole = slice(frames.start, frames.stop)
