@@ -39,9 +39,11 @@ class CacheResult:
     shards_written: int
     skipped: dict[int, str]
     seconds: float
-    # wall seconds per phase: "prepare" (frames, contract, store), "shards" (the shard tasks,
-    # including a LocalCluster start it waited for), "finalize"
+    # wall seconds per phase: "prepare" (frames, contract, store; with dask, the wait for the
+    # workers), "shards" (the shard tasks), "finalize"; and "forward": the teachers' forwards
+    # inside the shard tasks, summed over worker processes (each runs one forward at a time)
     phases: dict[str, float] = field(default_factory=dict)
+    processes: int = 1  # worker processes that ran shard tasks
 
 
 def select_frames(cfg: Config) -> list[Frame]:
@@ -143,13 +145,14 @@ def _shard_task(
     first: int,
     storage_options: dict | None,
     torch_threads: int = 0,
-) -> int:
+) -> tuple[int, float]:
     """Load one shard's frames, run the teachers over them and write the shard (a dask task, or
     a job of the one-process pool). Idempotent: a shard already marked written is skipped.
 
     Tasks run concurrently in threads; only the forward holds the process's device lock
     (:data:`teacher_runner.DEVICE_LOCK`), so loading and writing overlap another task's forward.
     ``torch_threads``: torch intra-op threads for this process (0 keeps torch's setting).
+    Returns the frames written and the seconds the teachers' forward took.
     """
     from bevkd.pipeline.cluster import prepare_process, task_device
     from bevkd.storage.writer import StoreWriter
@@ -158,13 +161,15 @@ def _shard_task(
     cfg = from_dict(Config, cfg_dict)
     writer = StoreWriter.reopen(url, storage_options)
     if writer.is_written(shard_id):
-        return 0
+        return 0, 0.0
     samples, skipped = teacher_runner.load_shard(cfg, frames, first)
+    started = time.perf_counter()
     arrays, boxes = teacher_runner.forward_shard(
         cfg, samples, cfg.cache.teachers, task_device(), batch_size=cfg.train.batch_size
     )
+    forward = time.perf_counter() - started
     writer.write_shard(shard_id, arrays, boxes, skipped)
-    return len(frames) - len(skipped)
+    return len(frames) - len(skipped), forward
 
 
 def run(cfg: Config, resume: bool = True) -> CacheResult:
@@ -199,9 +204,13 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
             total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
         )
         if cluster is None:
-            _run_in_process(cfg, cfg_dict, tasks, storage_options, bar)
+            forward = _run_in_process(cfg, cfg_dict, tasks, storage_options, bar)
+            processes = 1
         else:
-            _run_distributed(cfg, cfg_dict, tasks, storage_options, bar, client, torch_threads)
+            forward = _run_distributed(
+                cfg, cfg_dict, tasks, storage_options, bar, client, torch_threads
+            )
+            processes = len(client.scheduler_info().get("workers", {})) or 1
         bar.close()
     cached = time.perf_counter()
     summary = writer.finalize()
@@ -211,8 +220,15 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
         if isinstance(summary, dict)
         else {}
     )
-    phases = {"prepare": prepared - started, "shards": cached - prepared, "finalize": done - cached}
-    return CacheResult(cfg.store.url, len(frames), len(tasks), skipped, done - started, phases)
+    phases = {
+        "prepare": prepared - started,
+        "shards": cached - prepared,
+        "finalize": done - cached,
+        "forward": forward,
+    }
+    return CacheResult(
+        cfg.store.url, len(frames), len(tasks), skipped, done - started, phases, processes
+    )
 
 
 def _create_store(
@@ -256,9 +272,10 @@ def _create_store(
 
 def _run_in_process(
     cfg: Config, cfg_dict: dict, tasks: list, storage_options: dict | None, bar: tqdm
-) -> None:
+) -> float:
     """The same shard tasks as the dask path, on :func:`~bevkd.pipeline.cluster.tasks_per_process`
-    threads of this process (no retries: the first failure stops the run; a rerun resumes)."""
+    threads of this process (no retries: the first failure stops the run; a rerun resumes).
+    Returns the seconds spent in teacher forwards."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     from bevkd.pipeline.cluster import tasks_per_process
@@ -272,6 +289,7 @@ def _run_in_process(
             for shard_id, shard_frames, first in tasks
         }  # fmt: skip
         pending = set(futures)
+        forward = 0.0
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -281,7 +299,10 @@ def _run_in_process(
                     raise BevkdError(
                         f"shard {futures[future]} failed: {future.exception()}"
                     ) from future.exception()
-                bar.update(future.result())
+                written, seconds = future.result()
+                bar.update(written)
+                forward += seconds
+    return forward
 
 
 def _run_distributed(
@@ -292,7 +313,9 @@ def _run_distributed(
     bar: tqdm,
     client: Any,
     torch_threads: int,
-) -> None:
+) -> float:
+    """Submit one task per shard; returns the seconds spent in teacher forwards (summed over
+    the workers)."""
     from distributed import as_completed
 
     from bevkd.pipeline.cluster import task_resources
@@ -306,12 +329,16 @@ def _run_distributed(
         ): shard_id
         for shard_id, shard_frames, first in tasks
     }  # fmt: skip
+    forward = 0.0
     for future in as_completed(futures):
         try:
-            bar.update(future.result())
+            written, seconds = future.result()
+            bar.update(written)
+            forward += seconds
         except Exception as exc:  # a shard failed after its retries: say which, then stop
             for other in futures:
                 other.cancel()
             raise BevkdError(
                 f"shard {futures[future]} failed after {cfg.cache.retries} retries: {exc}"
             ) from exc
+    return forward

@@ -90,6 +90,20 @@ def test_cached_fields_equal_a_direct_forward_within_recorded_error(world: dict)
         assert errors["lidar_bev"]["max_abs"] > 0  # the default codec is lossy: a real bound
 
 
+def test_overlapping_shard_tasks_in_one_process_write_the_same_store(world: dict) -> None:
+    # Two shard tasks in flight (the GPU default): forwards take turns on the device lock while
+    # the other task loads or writes. Same process, same torch threads: bit-identical.
+    cfg = cache_config(
+        world["root"], world["teachers"], world["base"] / "overlap.zarr",
+        "cache.threads_per_worker=2",
+    )  # fmt: skip
+    cache_teacher.run(cfg)
+    single, overlap = _all_arrays(world["cfg"].store.url), _all_arrays(cfg.store.url)
+    assert single.keys() == overlap.keys()
+    for key, value in single.items():
+        np.testing.assert_array_equal(value, overlap[key], err_msg=str(key))
+
+
 def test_two_worker_local_cluster_writes_the_same_store(world: dict) -> None:
     cfg = cache_config(
         world["root"], world["teachers"], world["base"] / "dask.zarr", "cache.n_workers=2"

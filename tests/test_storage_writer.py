@@ -260,3 +260,19 @@ def test_finalize_records_stats_and_measured_error(tmp_path: Path) -> None:
         assert stats["mean"] == pytest.approx(decoded.astype(np.float64).mean(), rel=1e-4, abs=1e-6)
         assert stats["std"] == pytest.approx(decoded.astype(np.float64).std(), rel=1e-4)
         assert (stats["min"], stats["max"], stats["nan_count"]) == (decoded.min(), decoded.max(), 0)
+
+
+def test_reopen_reuses_a_writer_until_the_store_is_made_again(tmp_path: Path) -> None:
+    import shutil
+
+    url = tmp_path / "s.zarr"
+    _create(url)
+    first = StoreWriter.reopen(str(url))
+    assert StoreWriter.reopen(str(url)) is first  # a worker's next shard: no re-open
+    shutil.rmtree(url)
+    _create(url, contract=small_contract(codecs={"bev_feature": "fp16"}))  # another store there
+    second = StoreWriter.reopen(str(url))
+    assert second is not first and second.contract.field("lidar_bev").codec == "fp16"
+    arrays, boxes = shard_payload(second, 0)
+    second.write_shard(0, arrays, boxes)
+    assert 0 not in second.pending_shards()

@@ -47,6 +47,10 @@ def command(
 
     One dask task per shard (store.shard_size frames), retried on failure. Rerunning after a
     crash resumes: written shards are skipped and the result equals an uninterrupted run.
+    Each worker (cache.n_workers; 0 runs in this process) runs cache.threads_per_worker shard
+    tasks at once: by default 2 with CUDA, whose teacher forwards take turns on the GPU while
+    the other task loads frames or writes its shard, and 1 on CPU, where the forward's
+    threads already use every core.
     Frames that fail to load are recorded as skipped with their reason (see `bevkd store info`).
 
     \b
