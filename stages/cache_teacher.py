@@ -163,11 +163,9 @@ def _shard_task(
     if writer.is_written(shard_id):
         return 0, 0.0
     samples, skipped = teacher_runner.load_shard(cfg, frames, first)
-    started = time.perf_counter()
-    arrays, boxes = teacher_runner.forward_shard(
+    arrays, boxes, forward = teacher_runner.forward_shard(
         cfg, samples, cfg.cache.teachers, task_device(), batch_size=cfg.train.batch_size
     )
-    forward = time.perf_counter() - started
     writer.write_shard(shard_id, arrays, boxes, skipped)
     return len(frames) - len(skipped), forward
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -146,15 +147,17 @@ def forward_shard(
     teachers: Sequence[str],
     device: torch.device,
     batch_size: int = 4,
-) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], float]:
     """Run every teacher over the loaded ``samples`` of one shard, holding :data:`DEVICE_LOCK`.
 
-    Returns ``(arrays, boxes)``: arrays per field stacked over the samples (labelled-only fields
-    over the labelled ones among them), and box rows (N, 11) per sample.
+    Returns ``(arrays, boxes, seconds)``: arrays per field stacked over the samples
+    (labelled-only fields over the labelled ones among them), box rows (N, 11) per sample, and
+    the seconds the teachers ran (not counting the wait for the lock).
     """
     arrays: dict[str, list[np.ndarray]] = {}
     boxes: dict[str, list[np.ndarray]] = {}
     with DEVICE_LOCK:
+        started = time.perf_counter()
         for name in teachers:
             model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
             spec = TEACHER_FIELDS[name]
@@ -180,23 +183,9 @@ def forward_shard(
                             dim=1,
                         )
                         boxes.setdefault(spec.boxes, []).append(rows.cpu().numpy())
+        seconds = time.perf_counter() - started
     stacked = {k: np.concatenate(v) for k, v in arrays.items()}
-    return stacked, boxes
-
-
-def run_shard(
-    cfg: Config,
-    frames: Sequence[Frame],
-    first_index: int,
-    teachers: Sequence[str],
-    device: torch.device,
-    batch_size: int = 4,
-) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], dict[int, str]]:
-    """Load ``frames`` and run every teacher over those that loaded: ``(arrays, boxes, skipped)``
-    as :func:`load_shard` and :func:`forward_shard` return them."""
-    samples, skipped = load_shard(cfg, frames, first_index)
-    arrays, boxes = forward_shard(cfg, samples, teachers, device, batch_size)
-    return arrays, boxes, skipped
+    return stacked, boxes, seconds
 
 
 def stored_heatmap(logits: torch.Tensor, heatmap_as: str) -> torch.Tensor:

@@ -27,7 +27,8 @@ def test_gpu_tasks_ask_for_an_equal_share_of_a_gpu_per_worker_thread() -> None:
 
 def test_tasks_per_process_overlaps_only_on_a_gpu() -> None:
     assert cluster.tasks_per_process(3) == 3
-    assert cluster.tasks_per_process(0) == (2 if torch.cuda.is_available() else 1)
+    on_gpu = torch.cuda.is_available()
+    assert cluster.tasks_per_process(0) == {True: 2, False: 1}[on_gpu]
     assert cluster.local_torch_threads(2, 0) == max(1, cluster.local_cores() // 2)
     assert cluster.local_torch_threads(2, 5) == 5
 
@@ -52,4 +53,4 @@ def test_local_cluster_workers_get_sane_malloc_and_thread_settings() -> None:
         seen = client.submit(_worker_view, pure=False).result()
     assert seen["trim"] is None
     assert seen["omp"] == "1" and seen["torch_threads"] == 1
-    assert seen["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert seen["device"] == {True: "cuda:0", False: "cpu"}[torch.cuda.is_available()]
