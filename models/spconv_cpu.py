@@ -144,28 +144,11 @@ def _dispatch_conv(original: Callable[..., Any]) -> Callable[..., Any]:
                     num_activate_out: int, inverse: bool = False, subm: bool = False, **kwargs: Any) -> torch.Tensor:  # fmt: skip
         from cumm import tensorview as tv
 
+        args = (features, filters, indice_pairs, indice_pair_num, num_activate_out, inverse, subm)
         act = kwargs.get("act_type", tv.gemm.Activation.None_)
         if features.is_cuda or act != tv.gemm.Activation.None_:
-            return original(
-                features,
-                filters,
-                indice_pairs,
-                indice_pair_num,
-                num_activate_out,
-                inverse,
-                subm,
-                **kwargs,
-            )
-        return indice_conv_cpu(
-            features,
-            filters,
-            indice_pairs,
-            indice_pair_num,
-            num_activate_out,
-            inverse,
-            subm,
-            kwargs.get("bias"),
-        )
+            return original(*args, **kwargs)
+        return indice_conv_cpu(*args, kwargs.get("bias"))
 
     indice_conv.bevkd_cpu_fix = True  # type: ignore[attr-defined]
     return indice_conv

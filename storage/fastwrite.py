@@ -24,28 +24,24 @@ from bevkd.storage.fastread import FastArray
 from bevkd.storage.remote import PARTIAL_SUFFIX, run_sync
 
 
-class ChunkEncoder:
+class ChunkEncoder(FastArray):
     """Whole-chunk encoder for one array (frames or shards on axis 0, one chunk across the
-    other axes), or None from :meth:`for_array` when the array's format is not the store's own."""
+    other axes), or None from :meth:`for_array` when the array's format is not the store's own.
+    Chunk keys and the format check are :class:`FastArray`'s, the reader's own."""
 
     def __init__(self, array: Any):
         from numcodecs import Zstd
 
+        super().__init__(array)
         meta = array.metadata
-        self.path = array.path
         self.shape = tuple(int(s) for s in meta.shape)
-        self.chunk_shape = tuple(int(s) for s in meta.chunk_grid.chunk_shape)
-        self.rows = self.chunk_shape[0]
-        self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill_value = meta.fill_value
-        self.sep = meta.chunk_key_encoding.separator
-        self.tail = f"{self.sep}0" * (len(self.chunk_shape) - 1)
         zstd = meta.codecs[1]
         self._zstd = Zstd.from_config({"level": zstd.level, "checksum": zstd.checksum})
 
     @classmethod
     def for_array(cls, array: Any) -> ChunkEncoder | None:
-        if not FastArray.supports(array):
+        if not cls.supports(array):
             return None
         meta = array.metadata
         chunks, shape = meta.chunk_grid.chunk_shape, meta.shape
@@ -75,14 +71,13 @@ class ChunkEncoder:
                 padded = np.full(self.chunk_shape, self.fill_value, self.dtype)
                 padded[: len(block)] = block
                 block = padded
-            key = f"{self.path}/c{self.sep}{first // self.rows}{self.tail}"
-            out.append((key, self.encode(block)))
+            out.append((self.key(first), self.encode(block)))
         return out
 
     def encode(self, block: np.ndarray) -> bytes:
         import google_crc32c
 
-        raw = np.ascontiguousarray(block, dtype=self.dtype)
+        raw = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
         body = self._zstd.encode(raw)
         return bytes(body) + int(google_crc32c.value(body)).to_bytes(4, "little")
 
