@@ -1,18 +1,20 @@
 """Stage-one throughput: teacher forward alone vs the whole cache-teacher path, in one run.
 
-    .venv/bin/python benchmarks/cache_throughput.py [--frames 999] [--config configs/demo/cache.yaml]
+    .venv/bin/python benchmarks/cache_throughput.py [--frames 999] [--rounds 2]
 
-1. forward only: the frames are loaded into memory first, then the teachers run over them in
-   batches of ``train.batch_size`` (one process, torch using every core);
-2. cache-teacher in one process (``cache.n_workers=0``): load, forward, encode, write, with
-   ``cache.threads_per_worker`` shard tasks in flight whose forwards take turns;
-3. cache-teacher on a dask LocalCluster, the default (``cache.n_workers`` worker processes).
+Shared machines drift by tens of percent within minutes, so it measures two ways:
 
-For (2) and (3) it prints frames/s end to end (planning the store, creating it, the shards,
-finalizing: what a user waits for), over the shard phase, and of the teachers' forwards inside
-that same run (timed by the shard tasks), with the ratios. Shared machines drift by tens of
-percent within minutes, so (1) runs once per round next to (2) and (3), and "shards / in-run"
-pairs the caching rate with a forward rate measured over the very same seconds.
+1. **Shard by shard, paired** (the steady-state figure). One process, torch on every core.
+   For each shard of the store, back to back: the teachers' forward alone over the shard's
+   frames, already in memory (batches of ``train.batch_size``), and the very shard task a
+   cache-teacher worker runs (:func:`bevkd.stages.cache_teacher.shard_task`: load, forward,
+   encode, write, mark). The order flips every shard, so drift within a pair cancels.
+2. **Whole runs**, interleaved in rounds: forward alone over all frames; ``cache-teacher`` in
+   one process (``cache.n_workers=0``); on a dask LocalCluster (the default). For the runs it
+   prints frames/s end to end (planning and creating the store, the shards, finalizing: what a
+   user waits for), over the shard phase, and of the teachers' forwards inside that run (timed
+   by the shard tasks), with the ratios.
+
 Teachers come from the config's checkpoints (``make cache-teacher`` trains the demo ones);
 throughput does not depend on whether they are trained, so missing ones are built with random
 weights in a temp folder.
@@ -32,7 +34,7 @@ import torch
 from bevkd.datasets.dataset import FrameDataset
 from bevkd.models.builders import build_teacher
 from bevkd.models.checkpoint import save_checkpoint
-from bevkd.pipeline.config import Config, load_config, with_overrides
+from bevkd.pipeline.config import Config, load_config, to_dict, with_overrides
 from bevkd.stages import cache_teacher, teacher_runner
 
 CHECKPOINT_KEYS = {
@@ -66,18 +68,18 @@ def ensure_teachers(cfg: Config, tmp: Path) -> list[str]:
     return overrides
 
 
-def forward_only(cfg: Config, frames: list) -> float:
-    """Frames/s of the teachers alone over frames already in memory."""
-    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
-    samples = [dataset[i] for i in range(len(frames))]
+def load_models(cfg: Config) -> dict[str, torch.nn.Module]:
     device = torch.device("cpu")
-    models = {
+    return {
         n: teacher_runner.load_teacher_once(teacher_runner.checkpoint_of(cfg, n), device)[0]
         for n in cfg.cache.teachers
     }
-    batch = cfg.train.batch_size
+
+
+def forward_alone(cfg: Config, models: dict[str, torch.nn.Module], samples: list) -> float:
+    """Seconds the teachers take over ``samples`` (each teacher over the frames it reads)."""
+    device, batch = torch.device("cpu"), cfg.train.batch_size
     with torch.no_grad():
-        teacher_runner.forward_frozen(next(iter(models.values())), samples[:1], device)  # warm-up
         start = time.perf_counter()
         for name, model in models.items():
             chosen = (
@@ -87,7 +89,47 @@ def forward_only(cfg: Config, frames: list) -> float:
             )
             for i in range(0, len(chosen), batch):
                 teacher_runner.forward_frozen(model, chosen[i : i + batch], device)
-        return len(samples) / (time.perf_counter() - start)
+        return time.perf_counter() - start
+
+
+def forward_only(cfg: Config, frames: list) -> float:
+    """Frames/s of the teachers alone over frames already in memory."""
+    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
+    samples = [dataset[i] for i in range(len(frames))]
+    models = load_models(cfg)
+    forward_alone(cfg, {k: models[k] for k in list(models)[:1]}, samples[:1])  # warm-up
+    return len(samples) / forward_alone(cfg, models, samples)
+
+
+def timed_shard_task(args: tuple) -> float:
+    start = time.perf_counter()
+    cache_teacher.shard_task(*args)
+    return time.perf_counter() - start
+
+
+def paired_shards(cfg: Config, frames: list, url: Path) -> list[tuple[int, float, float]]:
+    """``(frames, forward-alone seconds, shard-task seconds)`` per shard, measured back to back
+    in alternating order, the task writing a fresh store."""
+    shutil.rmtree(url, ignore_errors=True)
+    cfg = with_overrides(cfg, [f"store.url={url}"])
+    writer, tasks = cache_teacher.prepare_store(cfg, frames, resume=False)
+    models = load_models(cfg)
+    cfg_dict = to_dict(cfg)
+    pairs = []
+    for k, (shard_id, shard_frames, first) in enumerate(tasks):
+        samples, _ = teacher_runner.load_shard(cfg, shard_frames, first)
+        if k == 0:  # warm-up: the first forward sets up torch's caches
+            forward_alone(cfg, models, samples)
+        task = (cfg_dict, str(url), shard_id, shard_frames, first, None)
+        if k % 2:
+            alone = forward_alone(cfg, models, samples)
+            cached = timed_shard_task(task)
+        else:
+            cached = timed_shard_task(task)
+            alone = forward_alone(cfg, models, samples)
+        pairs.append((len(shard_frames), alone, cached))
+    writer.finalize()
+    return pairs
 
 
 def cache_rates(cfg: Config, url: Path, overrides: list[str]) -> dict[str, float]:
@@ -125,10 +167,20 @@ def main() -> None:
             f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; "
             f"torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds"
         )
+        pairs = paired_shards(cfg, frames, tmp / "paired.zarr")
         for _ in range(args.rounds):
             forward.append(forward_only(cfg, frames))
             runs["single"].append(cache_rates(cfg, tmp / "single.zarr", ["cache.n_workers=0"]))
             runs["dask"].append(cache_rates(cfg, tmp / "dask.zarr", []))
+    n = sum(p[0] for p in pairs)
+    alone, cached = sum(p[1] for p in pairs), sum(p[2] for p in pairs)
+    per_shard = sorted(p[1] / p[2] for p in pairs)
+    print(
+        f"shard by shard, paired ({len(pairs)} shards, {n} frames): forward alone "
+        f"{n / alone:.2f} frames/s, cache-teacher shard tasks {n / cached:.2f} frames/s: "
+        f"{alone / cached:.3f}x (per shard: median {statistics.median(per_shard):.3f}, "
+        f"{per_shard[0]:.3f} to {per_shard[-1]:.3f})"
+    )
     labels = {"single": "one process", "dask": "dask LocalCluster"}
     print(
         f"{'run':<24}{'forward only':>13}{'end to end':>12}{'shards':>9}{'in-run fwd':>12}"

@@ -16,6 +16,7 @@ BEV space: flips, rotation about z and scale, as :func:`bevkd.pipeline.geometry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,26 +85,42 @@ def draw_image_aug(
     return ImageAug(src_wh, (new_w, new_h), (crop_x, crop_y), (out_w, out_h), flip, photometric)
 
 
-def apply_image_aug(image: np.ndarray, aug: ImageAug) -> np.ndarray:
-    """``(H0, W0, 3)`` uint8 RGB -> ``(3, H, W)`` float32, photometric-jittered and normalised."""
+def _normalise(pixels: np.ndarray) -> np.ndarray:
+    """Channel-wise ImageNet normalisation of ``(..., 3)`` values in [0, 1] -> ``(3, ...)``."""
+    chw = np.empty((3, *pixels.shape[:-1]), dtype=np.float32)
+    for c in range(3):  # channel by channel straight into CHW layout
+        chw[c] = (pixels[..., c] - IMAGE_MEAN[c]) * (1 / IMAGE_STD[c])
+    return chw
+
+
+# Without photometric jitter a pixel's network value depends only on its 8-bit code and
+# channel: one table lookup per channel gives the same float32 values as the arithmetic.
+_NORMALISED_CODES = _normalise(
+    np.arange(256, dtype=np.float32)[:, None].repeat(3, 1) * np.float32(1 / 255)
+)
+
+
+def apply_image_aug(image: Any, aug: ImageAug) -> np.ndarray:
+    """``(H0, W0, 3)`` uint8 RGB (an array or an RGB ``PIL.Image``) -> ``(3, H, W)`` float32,
+    photometric-jittered and normalised."""
     from PIL import Image
 
-    if image.shape[1] != aug.src[0] or image.shape[0] != aug.src[1]:
-        raise ValueError(
-            f"image is {image.shape[1]}x{image.shape[0]}, augmentation drawn for {aug.src}"
-        )
-    pil = Image.fromarray(image).resize(aug.resized, Image.Resampling.BILINEAR)
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    if pil.size != aug.src:
+        raise ValueError(f"image is {pil.size[0]}x{pil.size[1]}, augmentation drawn for {aug.src}")
+    pil = pil.resize(aug.resized, Image.Resampling.BILINEAR)
     x0, y0 = aug.crop
     pil = pil.crop((x0, y0, x0 + aug.out[0], y0 + aug.out[1]))  # pads outside with black
     if aug.flip:
         pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if aug.photometric is None:
+        codes = np.asarray(pil)
+        chw = np.empty((3, aug.out[1], aug.out[0]), dtype=np.float32)
+        for c in range(3):
+            np.take(_NORMALISED_CODES[c], codes[..., c], out=chw[c])
+        return chw
     pixels = np.asarray(pil, dtype=np.float32) * np.float32(1 / 255)
-    if aug.photometric is not None:
-        pixels = _photometric(pixels, *aug.photometric)
-    chw = np.empty((3, aug.out[1], aug.out[0]), dtype=np.float32)
-    for c in range(3):  # normalise channel by channel straight into CHW layout
-        chw[c] = (pixels[..., c] - IMAGE_MEAN[c]) * (1 / IMAGE_STD[c])
-    return chw
+    return _normalise(_photometric(pixels, *aug.photometric))
 
 
 def _luma(pixels: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from bevkd.datasets.augment import apply_image_aug, draw_bev_aug, draw_image_aug, intrinsics_4x4
 from bevkd.datasets.depth import depth_map
 from bevkd.datasets.frame import CameraRecord, Frame, Sample
-from bevkd.datasets.loading import describe, load_image, load_points
+from bevkd.datasets.loading import describe, load_points, open_image
 from bevkd.pipeline.config import Config, DataConfig
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import transform_boxes, transform_points
@@ -76,13 +76,13 @@ class FrameDataset(torch.utils.data.Dataset):
         boxes = transform_boxes(frame.boxes, bev_aug) if frame.has_label else np.zeros((0, 9))
         labels = frame.labels if frame.has_label else np.zeros((0,), np.int64)
         # Depth from the keyframe sweep only: earlier sweeps smear moving objects.
-        key_points = points[points[:, 4] == 0.0]
+        key_points = points[points[:, 4] == 0.0] if self.with_depth else points[:0]
 
         images, cam2img, cam2ego, img_aug, depth = [], [], [], [], []
         for camera in self._cameras(frame, where):
-            pixels = load_image(camera.image_path, where)
-            _check_size(camera, pixels, where)
-            aug = draw_image_aug((pixels.shape[1], pixels.shape[0]), self.data, rng)
+            pixels = open_image(camera.image_path, where)
+            _check_size(camera, pixels.size, where)
+            aug = draw_image_aug(pixels.size, self.data, rng)
             intrinsics = aug.matrix @ intrinsics_4x4(camera.cam2img)
             extrinsics = bev_aug @ camera.cam2ego
             images.append(apply_image_aug(pixels, aug))
@@ -132,15 +132,11 @@ def _f32(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _check_size(camera: CameraRecord, pixels: np.ndarray, where: str) -> None:
-    # The intrinsics belong to the recorded size; another size means the wrong file.
-    if (
-        camera.width
-        and camera.height
-        and (pixels.shape[1], pixels.shape[0]) != (camera.width, camera.height)
-    ):
+def _check_size(camera: CameraRecord, size: tuple[int, int], where: str) -> None:
+    # The intrinsics belong to the recorded size (W, H); another size means the wrong file.
+    if camera.width and camera.height and tuple(size) != (camera.width, camera.height):
         raise DataError(
-            f"{where}: camera image {camera.image_path} is {pixels.shape[1]}x{pixels.shape[0]}, "
+            f"{where}: camera image {camera.image_path} is {size[0]}x{size[1]}, "
             f"but the dataset records {camera.width}x{camera.height}"
         )
 

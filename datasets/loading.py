@@ -9,6 +9,7 @@ multiple of 20)``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,12 @@ def load_point_file(path: str, dim: int, where: str = "") -> np.ndarray:
 
 def load_image(path: str, where: str = "") -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB."""
+    return np.asarray(open_image(path, where))
+
+
+def open_image(path: str, where: str = "") -> Any:
+    """Read and decode an image file as an RGB ``PIL.Image`` (the loaders resize it as such,
+    without a round trip through numpy)."""
     from PIL import Image, UnidentifiedImageError
 
     prefix = f"{where}: " if where else ""
@@ -56,7 +63,7 @@ def load_image(path: str, where: str = "") -> np.ndarray:
         raise DataError(f"{prefix}camera image {path} not found; check the dataset root")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return image.convert("RGB")  # decoded, and independent of the closed file
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{prefix}camera image {path} is not a readable image ({exc})") from None
 
@@ -76,7 +83,7 @@ def load_points(frame: Frame, sweeps: int = 1, where: str = "") -> np.ndarray:
         raw = load_point_file(sweep.lidar_path, frame.points_dim, where)
         moved = transform_points(raw[:, :4], sweep.sweep2lidar.astype(np.float64))
         clouds.append(_with_time_lag(moved, sweep.time_lag))
-    points = np.concatenate(clouds, axis=0)
+    points = clouds[0] if len(clouds) == 1 else np.concatenate(clouds, axis=0)
     return transform_points(points, frame.lidar2ego)
 
 

@@ -137,7 +137,15 @@ def _plan_task(
     return contract.to_dict(), teacher_runner.describe_teachers(cfg, cfg.cache.teachers, device)
 
 
-def _shard_task(
+def prepare_store(cfg: Config, frames: list[Frame], resume: bool = True) -> tuple[Any, list]:
+    """Plan the store in this process and create it (or reopen it to resume), as :func:`run`
+    does; returns its writer and the unwritten shards' :func:`shard_task` arguments
+    ``(shard id, frames, first frame index)``."""
+    planned = _plan_task(to_dict(cfg), frames, cfg.cache.torch_threads)
+    return _create_store(cfg, frames, *planned, resume=resume)
+
+
+def shard_task(
     cfg_dict: dict,
     url: str,
     shard_id: int,
@@ -190,12 +198,11 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
         cfg_dict = to_dict(cfg)
         frames = select_frames(cfg)
         if cluster is None:
-            planned = _plan_task(cfg_dict, frames, cfg.cache.torch_threads)
+            writer, tasks = prepare_store(cfg, frames, resume)
         else:
             client, torch_threads = cluster.result()
             planned = client.submit(_plan_task, cfg_dict, frames, torch_threads, pure=False)
-            planned = planned.result()
-        writer, tasks = _create_store(cfg, frames, *planned, resume=resume)
+            writer, tasks = _create_store(cfg, frames, *planned.result(), resume=resume)
         prepared = time.perf_counter()
         storage_options = dict(cfg.store.storage_options) or None
         bar = tqdm(
@@ -281,7 +288,7 @@ def _run_in_process(
     with ThreadPoolExecutor(tasks_per_process(cfg.cache.threads_per_worker)) as pool:
         futures = {
             pool.submit(
-                _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first,
+                shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first,
                 storage_options, cfg.cache.torch_threads,
             ): shard_id
             for shard_id, shard_frames, first in tasks
@@ -321,7 +328,7 @@ def _run_distributed(
     resources = task_resources(client)
     futures = {
         client.submit(
-            _shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
+            shard_task, cfg_dict, cfg.store.url, shard_id, shard_frames, first, storage_options,
             torch_threads,
             retries=cfg.cache.retries, resources=resources, pure=False,
         ): shard_id

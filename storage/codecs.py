@@ -120,6 +120,32 @@ def encode(
     return quantize_u8(x, extrema)
 
 
+def encode_decoded(
+    spec: FieldSpec, x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[float, float] | None]:
+    """:func:`encode`, plus what a reader will decode, ``decode(spec, parts)`` value for value,
+    and that decoded array's ``(min, max)`` when the codec knows it without a pass (else None).
+
+    The uint8 codec turns its rounded codes into the decoded values in place, and its range
+    is each channel's codes 0 and 255 decoded (both codes occur in every channel that varies).
+    """
+    kind, _ = parse_codec(spec.codec)
+    if kind != "uint8":
+        parts = encode(spec, x, extrema)
+        return parts, decode(spec, parts), None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    parts, codes = _quantize_u8(x, extrema)
+    scale, offset = parts["scale"][..., None], parts["offset"][..., None]
+    codes *= scale  # dequantize_u8's arithmetic, on the same float32 codes
+    codes += offset
+    known = None
+    if codes.size and np.isfinite(scale).all() and np.isfinite(offset).all():
+        top = np.float32(U8_LEVELS) * scale
+        top += offset
+        known = (float(offset.min()), float(top.max()))
+    return parts, codes.reshape(x.shape), known
+
+
 def decode(spec: FieldSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
     """Inverse of :func:`encode`: float32 frames ``(k, C, H, W)`` (or one frame without k)."""
     kind, _ = parse_codec(spec.codec)
@@ -190,6 +216,14 @@ def quantize_u8(
 ) -> dict[str, np.ndarray]:
     """Per-frame, per-channel affine 8-bit codes for ``(k, C, H, W)`` float32; ``extrema``:
     :func:`channel_extrema` of ``x`` when the caller has them already."""
+    return _quantize_u8(x, extrema)[0]
+
+
+def _quantize_u8(
+    x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`quantize_u8`, and the rounded codes as float32 ``(k, C, H*W)`` (a scratch
+    buffer the caller may overwrite)."""
     k, channels = x.shape[:2]
     flat = x.reshape(k, channels, int(np.prod(x.shape[2:])))
     lo, hi = extrema if extrema is not None else channel_extrema(x)
@@ -203,7 +237,7 @@ def quantize_u8(
         np.clip(codes, 0, U8_LEVELS, out=codes)
         codes = np.nan_to_num(codes, nan=0.0)
     data = codes.astype(np.uint8).reshape(x.shape)
-    return {"data": data, "scale": scale, "offset": lo.astype(np.float32)}
+    return {"data": data, "scale": scale, "offset": lo.astype(np.float32)}, codes
 
 
 def dequantize_u8(data: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:

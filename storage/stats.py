@@ -20,11 +20,13 @@ def shard_stats(
     original: np.ndarray,
     decoded: np.ndarray,
     extrema: tuple[np.ndarray, np.ndarray] | None = None,
+    decoded_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stats row ``(len(STAT_KEYS),)`` over frames ``(k, ...)``, and NaN count per frame ``(k,)``.
 
     ``extrema``: per-frame, per-channel ``(min, max)`` of ``original`` when the caller has them;
     all finite, they stand in for the NaN scan and the value range (three passes fewer).
+    ``decoded_range``: ``(min, max)`` of ``decoded`` when the codec knows it (two passes fewer).
     """
     row = np.zeros(len(STAT_KEYS), np.float64)
     k = len(original)
@@ -48,10 +50,13 @@ def shard_stats(
     row[_I["count"]] = dec.size
     row[_I["sum"]] = dec.sum(axis=1, dtype=np.float64).sum()
     row[_I["sumsq"]] = np.einsum("ij,ij->i", dec, dec).astype(np.float64).sum()
-    row[_I["min"]] = dec.min() if dec.size else np.inf
-    row[_I["max"]] = dec.max() if dec.size else -np.inf
+    if decoded_range is not None and finite:
+        row[_I["min"]], row[_I["max"]] = decoded_range
+    else:
+        row[_I["min"]] = dec.min() if dec.size else np.inf
+        row[_I["max"]] = dec.max() if dec.size else -np.inf
     row[_I["nan"]] = nan_per_frame.sum()
-    row[_I["err_max"]] = float(np.abs(err).max()) if err.size else 0.0
+    row[_I["err_max"]] = max(float(err.max()), -float(err.min())) if err.size else 0.0
     row[_I["err_sumsq"]] = np.einsum("ij,ij->i", err, err).astype(np.float64).sum()
     row[_I["absmax"]] = max(hi, -lo)
     return row, nan_per_frame

@@ -380,8 +380,8 @@ class StoreWriter:
                 )
             value = value.astype(np.float32, copy=False)
             extrema = codecs.channel_extrema(value) if spec.codec == "uint8" and rows else None
-            parts = codecs.encode(spec, value, extrema)
-            stats, nan = shard_stats(value, codecs.decode(spec, parts), extrema)
+            parts, decoded, decoded_range = codecs.encode_decoded(spec, value, extrema)
+            stats, nan = shard_stats(value, decoded, extrema, decoded_range)
         writes: list[tuple[str, slice | int, np.ndarray]] = []
         slot = {frame: k for k, frame in enumerate(rows)}
         whole = slice(frames.start, frames.stop)

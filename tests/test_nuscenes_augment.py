@@ -41,6 +41,25 @@ def test_image_matrix_moves_pixels_where_the_warp_puts_them(flip: bool) -> None:
     np.testing.assert_allclose(_bright_centroid(out), expected, atol=0.6)
 
 
+def test_normalisation_lookup_equals_the_arithmetic_and_takes_pil_images() -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    plain = ImageAug(src=(150, 90), resized=(120, 72), crop=(10, 8), out=(96, 64), flip=True)
+    jittered = dataclasses.replace(plain, photometric=(1.0, 1.0, 1.0))  # arithmetic path
+    out = apply_image_aug(image, plain)
+    np.testing.assert_array_equal(out, apply_image_aug(Image.fromarray(image), plain))
+    # Unit photometric factors leave the pixels as they are, through the float arithmetic.
+    np.testing.assert_allclose(out, apply_image_aug(image, jittered), rtol=0, atol=2e-6)
+    resized = Image.fromarray(image).resize((120, 72), Image.Resampling.BILINEAR)
+    codes = np.asarray(resized.crop((10, 8, 106, 72)).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    expected = (codes.astype(np.float32) * np.float32(1 / 255) - IMAGE_MEAN) * (1 / IMAGE_STD)
+    np.testing.assert_array_equal(out, expected.transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="150x90"):
+        apply_image_aug(image, dataclasses.replace(plain, src=(160, 90)))
+
+
 def test_validation_draw_is_fixed_and_fits_the_input() -> None:
     wide = dataclasses.replace(DATA, image_size=(48, 96))  # wider than 16:9: the width fits
     aug = draw_image_aug((1600, 900), wide, rng=None)

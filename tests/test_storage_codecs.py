@@ -61,6 +61,28 @@ def test_bitround_zeroes_the_dropped_mantissa_bits() -> None:
     assert np.all(bits & np.uint32((1 << (23 - 6)) - 1) == 0)
 
 
+@pytest.mark.parametrize("codec", ["uint8", "fp16", "bf16", "fp32"])
+def test_encode_decoded_gives_what_a_reader_decodes_and_its_range(codec: str) -> None:
+    rng = np.random.default_rng(7)
+    x = (
+        rng.normal(0, 1, (3, 3, 8, 8)).astype(np.float32)
+        * np.float32([[1e-3], [10], [3e3]])[..., None]
+    )
+    x[1, 2] = -7.25  # a constant channel
+    x[2, 0, 3, 3] = np.float32(1e-38)  # a subnormal-range value among large ones
+    spec = _spec(codec)
+    parts, decoded, known = codecs.encode_decoded(spec, x, codecs.channel_extrema(x))
+    want = codecs.encode(spec, x)
+    assert parts.keys() == want.keys()
+    for key in parts:
+        np.testing.assert_array_equal(parts[key], want[key])
+    np.testing.assert_array_equal(decoded, codecs.decode(spec, want))
+    if codec == "uint8":
+        assert known == (decoded.min(), decoded.max())
+    else:
+        assert known is None
+
+
 def test_uint8_is_affine_per_channel_with_exact_minimum() -> None:
     x = _data()
     x[1, 2] = 7.25  # a constant channel
