@@ -21,12 +21,14 @@ def shard_stats(
     decoded: np.ndarray,
     extrema: tuple[np.ndarray, np.ndarray] | None = None,
     decoded_range: tuple[float, float] | None = None,
+    overwrite_decoded: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stats row ``(len(STAT_KEYS),)`` over frames ``(k, ...)``, and NaN count per frame ``(k,)``.
 
     ``extrema``: per-frame, per-channel ``(min, max)`` of ``original`` when the caller has them;
     all finite, they stand in for the NaN scan and the value range (three passes fewer).
     ``decoded_range``: ``(min, max)`` of ``decoded`` when the codec knows it (two passes fewer).
+    ``overwrite_decoded``: ``decoded`` is scratch; its errors are computed in place.
     """
     row = np.zeros(len(STAT_KEYS), np.float64)
     k = len(original)
@@ -43,18 +45,20 @@ def shard_stats(
     if nan_per_frame.any():
         keep = ~(np.isnan(orig) | np.isnan(dec))
         orig, dec = orig[keep].reshape(1, -1), dec[keep].reshape(1, -1)
+        overwrite_decoded = True  # a copy now
     if not finite:
         lo, hi = (float(orig.min()), float(orig.max())) if orig.size else (0.0, 0.0)
-    err = dec - orig
-    # Per-frame float32 BLAS dot products, summed in float64: fast, and precise enough for stats.
+    # Per-frame float32 BLAS products (a sum is a product with ones), summed in float64: several
+    # times faster than a float64 reduction, and precise enough for stats.
     row[_I["count"]] = dec.size
-    row[_I["sum"]] = dec.sum(axis=1, dtype=np.float64).sum()
+    row[_I["sum"]] = (dec @ np.ones(dec.shape[1], np.float32)).astype(np.float64).sum()
     row[_I["sumsq"]] = np.einsum("ij,ij->i", dec, dec).astype(np.float64).sum()
     if decoded_range is not None and finite:
         row[_I["min"]], row[_I["max"]] = decoded_range
     else:
         row[_I["min"]] = dec.min() if dec.size else np.inf
         row[_I["max"]] = dec.max() if dec.size else -np.inf
+    err = np.subtract(dec, orig, out=dec if overwrite_decoded else None)
     row[_I["nan"]] = nan_per_frame.sum()
     row[_I["err_max"]] = max(float(err.max()), -float(err.min())) if err.size else 0.0
     row[_I["err_sumsq"]] = np.einsum("ij,ij->i", err, err).astype(np.float64).sum()

@@ -381,7 +381,9 @@ class StoreWriter:
             value = value.astype(np.float32, copy=False)
             extrema = codecs.channel_extrema(value) if spec.codec == "uint8" and rows else None
             parts, decoded, decoded_range = codecs.encode_decoded(spec, value, extrema)
-            stats, nan = shard_stats(value, decoded, extrema, decoded_range)
+            # The uint8 codec's decoded values are its own buffer; the others may share value's.
+            scratch = spec.codec == "uint8"
+            stats, nan = shard_stats(value, decoded, extrema, decoded_range, scratch)
         writes: list[tuple[str, slice | int, np.ndarray]] = []
         slot = {frame: k for k, frame in enumerate(rows)}
         whole = slice(frames.start, frames.stop)

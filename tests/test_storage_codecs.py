@@ -83,6 +83,28 @@ def test_encode_decoded_gives_what_a_reader_decodes_and_its_range(codec: str) ->
         assert known is None
 
 
+def test_shard_stats_shortcuts_agree_with_the_plain_computation() -> None:
+    from bevkd.storage.layout import STAT_KEYS
+    from bevkd.storage.stats import shard_stats
+
+    x = np.maximum(np.random.default_rng(5).normal(0, 2, (4, 3, 16, 16)), 0).astype(np.float32)
+    spec = _spec("uint8")
+    extrema = codecs.channel_extrema(x)
+    parts, decoded, known = codecs.encode_decoded(spec, x, extrema)
+    plain, _ = shard_stats(x, decoded.copy())
+    fast, nan = shard_stats(x, decoded, extrema, known, overwrite_decoded=True)
+    assert not nan.any()
+    row = dict(zip(STAT_KEYS, fast, strict=True))
+    want = codecs.decode(spec, parts).astype(np.float64)
+    err = want - x
+    assert row["min"] == want.min() and row["max"] == want.max()
+    assert row["sum"] == pytest.approx(want.sum(), rel=1e-6)
+    assert row["sumsq"] == pytest.approx((want**2).sum(), rel=1e-6)
+    assert row["err_max"] == pytest.approx(np.abs(err).max(), rel=1e-6)
+    assert row["err_sumsq"] == pytest.approx((err**2).sum(), rel=1e-5)
+    np.testing.assert_allclose(fast, plain, rtol=1e-6)
+
+
 def test_uint8_is_affine_per_channel_with_exact_minimum() -> None:
     x = _data()
     x[1, 2] = 7.25  # a constant channel
