@@ -141,8 +141,8 @@ def prepare_store(cfg: Config, frames: list[Frame], resume: bool = True) -> tupl
     """Plan the store in this process and create it (or reopen it to resume), as :func:`run`
     does; returns its writer and the unwritten shards' :func:`shard_task` arguments
     ``(shard id, frames, first frame index)``."""
-    planned = _plan_task(to_dict(cfg), frames, cfg.cache.torch_threads)
-    return _create_store(cfg, frames, *planned, resume=resume)
+    contract, teachers = _plan_task(to_dict(cfg), frames, cfg.cache.torch_threads)
+    return _create_store(cfg, frames, contract, teachers, resume)
 
 
 def shard_task(
@@ -202,7 +202,8 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
         else:
             client, torch_threads = cluster.result()
             planned = client.submit(_plan_task, cfg_dict, frames, torch_threads, pure=False)
-            writer, tasks = _create_store(cfg, frames, *planned.result(), resume=resume)
+            contract, teachers = planned.result()
+            writer, tasks = _create_store(cfg, frames, contract, teachers, resume)
         prepared = time.perf_counter()
         storage_options = dict(cfg.store.storage_options) or None
         bar = tqdm(
