@@ -126,8 +126,9 @@ def encode_decoded(
     """:func:`encode`, plus what a reader will decode, ``decode(spec, parts)`` value for value,
     and that decoded array's ``(min, max)`` when the codec knows it without a pass (else None).
 
-    The uint8 codec turns its rounded codes into the decoded values in place, and its range
-    is each channel's codes 0 and 255 decoded (both codes occur in every channel that varies).
+    The uint8 codec turns its rounded codes into the decoded values in place (a buffer the
+    caller owns), and its range is each channel's codes 0 and ``U8_LEVELS`` decoded: a
+    channel's minimum and maximum round to exactly those.
     """
     kind, _ = parse_codec(spec.codec)
     if kind != "uint8":
