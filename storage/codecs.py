@@ -102,11 +102,8 @@ def array_plans(spec: FieldSpec) -> dict[str, ArrayPlan]:
 # ------------------------------------------------------------------------------------------
 
 
-def encode(
-    spec: FieldSpec, x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None = None
-) -> dict[str, np.ndarray]:
-    """Encode ``(k, C, H, W)`` float32 frames into the arrays of :func:`array_plans`
-    (``extrema``: their :func:`channel_extrema`, if known; the uint8 codec needs them)."""
+def encode(spec: FieldSpec, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Encode ``(k, C, H, W)`` float32 frames into the arrays of :func:`array_plans`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     kind, keep = parse_codec(spec.codec)
     if kind == "fp32":
@@ -117,24 +114,38 @@ def encode(
         return {"data": float32_to_bf16_bits(x)}
     if kind == "bitround":
         return {"data": bitround(x, keep)}
-    return quantize_u8(x, extrema)
+    return quantize_u8(x)
 
 
-def encode_decoded(
-    spec: FieldSpec, x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[float, float] | None]:
-    """:func:`encode`, plus what a reader will decode, ``decode(spec, parts)`` value for value,
-    and that decoded array's ``(min, max)`` when the codec knows it without a pass (else None).
+@dataclass(frozen=True)
+class Encoded:
+    """Frames encoded, with what a reader will decode from them and what the encoder learnt.
 
-    The uint8 codec turns its rounded codes into the decoded values in place (a buffer the
-    caller owns), and its range is each channel's codes 0 and ``U8_LEVELS`` decoded: a
-    channel's minimum and maximum round to exactly those.
+    ``decoded``: ``decode(spec, parts)``, value for value; ``owns_decoded``: it is a buffer of
+    its own (not the input's, not a part's), free to be overwritten; ``extrema``: per-frame,
+    per-channel ``(min, max)`` of the input when the codec computed them; ``decoded_range``:
+    ``(min, max)`` of ``decoded`` when the codec knows it without a pass.
     """
-    kind, _ = parse_codec(spec.codec)
-    if kind != "uint8":
-        parts = encode(spec, x, extrema)
-        return parts, decode(spec, parts), None
+
+    parts: dict[str, np.ndarray]
+    decoded: np.ndarray
+    owns_decoded: bool = False
+    extrema: tuple[np.ndarray, np.ndarray] | None = None
+    decoded_range: tuple[float, float] | None = None
+
+
+def encode_decoded(spec: FieldSpec, x: np.ndarray) -> Encoded:
+    """:func:`encode`, plus the decoded values and ranges a writer's statistics need.
+
+    The uint8 codec turns its rounded codes into the decoded values in place, and its decoded
+    range is each channel's codes 0 and ``U8_LEVELS`` decoded: a channel's minimum and maximum
+    round to exactly those.
+    """
+    if parse_codec(spec.codec)[0] != "uint8":
+        parts = encode(spec, x)
+        return Encoded(parts, decode(spec, parts))
     x = np.ascontiguousarray(x, dtype=np.float32)
+    extrema = channel_extrema(x)
     parts, codes = _quantize_u8(x, extrema)
     scale, offset = parts["scale"][..., None], parts["offset"][..., None]
     codes *= scale  # dequantize_u8's arithmetic, on the same float32 codes
@@ -144,7 +155,7 @@ def encode_decoded(
         top = np.float32(U8_LEVELS) * scale
         top += offset
         known = (float(offset.min()), float(top.max()))
-    return parts, codes.reshape(x.shape), known
+    return Encoded(parts, codes.reshape(x.shape), True, extrema, known)
 
 
 def decode(spec: FieldSpec, parts: dict[str, np.ndarray]) -> np.ndarray:

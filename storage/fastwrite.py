@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bevkd.storage.fastread import FastArray
+from bevkd.storage.fastread import FastArray, crc32c_suffix
 from bevkd.storage.remote import run_sync
 
 
@@ -74,11 +74,9 @@ class ChunkEncoder(FastArray):
         return out
 
     def encode(self, block: np.ndarray) -> bytes:
-        import google_crc32c
-
         raw = np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<"))
-        body = self._zstd.encode(raw)
-        return bytes(body) + int(google_crc32c.value(body)).to_bytes(4, "little")
+        body = bytes(self._zstd.encode(raw))
+        return body + crc32c_suffix(body)
 
 
 def put_objects(store: Any, objects: list[tuple[str, bytes]]) -> None:

@@ -379,11 +379,12 @@ class StoreWriter:
                     f"(rows for frames {rows}: the shard minus skipped{', minus unlabeled' if spec.labeled_only else ''} frames)"
                 )
             value = value.astype(np.float32, copy=False)
-            extrema = codecs.channel_extrema(value) if spec.codec == "uint8" and rows else None
-            parts, decoded, decoded_range = codecs.encode_decoded(spec, value, extrema)
-            # The uint8 codec's decoded values are its own buffer; the others may share value's.
-            scratch = spec.codec == "uint8"
-            stats, nan = shard_stats(value, decoded, extrema, decoded_range, scratch)
+            encoded = codecs.encode_decoded(spec, value)
+            parts = encoded.parts
+            stats, nan = shard_stats(
+                value, encoded.decoded, encoded.extrema, encoded.decoded_range,
+                overwrite_decoded=encoded.owns_decoded,
+            )  # fmt: skip
         writes: list[tuple[str, slice | int, np.ndarray]] = []
         slot = {frame: k for k, frame in enumerate(rows)}
         whole = slice(frames.start, frames.stop)

@@ -71,7 +71,8 @@ def test_encode_decoded_gives_what_a_reader_decodes_and_its_range(codec: str) ->
     x[1, 2] = -7.25  # a constant channel
     x[2, 0, 3, 3] = np.float32(1e-38)  # a subnormal-range value among large ones
     spec = _spec(codec)
-    parts, decoded, known = codecs.encode_decoded(spec, x, codecs.channel_extrema(x))
+    encoded = codecs.encode_decoded(spec, x)
+    parts, decoded, known = encoded.parts, encoded.decoded, encoded.decoded_range
     want = codecs.encode(spec, x)
     assert parts.keys() == want.keys()
     for key in parts:
@@ -90,7 +91,10 @@ def test_shard_stats_shortcuts_agree_with_the_plain_computation() -> None:
     x = np.maximum(np.random.default_rng(5).normal(0, 2, (4, 3, 16, 16)), 0).astype(np.float32)
     spec = _spec("uint8")
     extrema = codecs.channel_extrema(x)
-    parts, decoded, known = codecs.encode_decoded(spec, x, extrema)
+    encoded = codecs.encode_decoded(spec, x)
+    parts, decoded, known = encoded.parts, encoded.decoded, encoded.decoded_range
+    assert encoded.owns_decoded
+    np.testing.assert_array_equal(encoded.extrema, extrema)
     plain, _ = shard_stats(x, decoded.copy())
     fast, nan = shard_stats(x, decoded, extrema, known, overwrite_decoded=True)
     assert not nan.any()
