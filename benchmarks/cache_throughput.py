@@ -9,7 +9,12 @@ Shared machines drift by tens of percent within minutes, so it measures two ways
    frames, already in memory (batches of ``train.batch_size``), and the very shard task a
    cache-teacher worker runs (:func:`bevkd.stages.cache_teacher.shard_task`: load, forward,
    encode, write, mark). The order flips every shard, so drift within a pair cancels.
-2. **Whole runs**, interleaved in rounds: forward alone over all frames; ``cache-teacher`` in
+2. **CPU cost per frame** of the shard task's three phases (load; forward; encode and write),
+   over a few shards with torch on one thread, so the forward's CPU time is its work, not its
+   threads' spin-waits. Where every core is busy all the time (as on a CPU-only machine), the
+   caching work adds to the forward instead of hiding under it, and forward / (load + forward +
+   write) is the ratio such a layout can reach at best.
+3. **Whole runs**, interleaved in rounds: forward alone over all frames; ``cache-teacher`` in
    one process (``cache.n_workers=0``); on a dask LocalCluster (the default). For the runs it
    prints frames/s end to end (planning and creating the store, the shards, finalizing: what a
    user waits for), over the shard phase, and of the teachers' forwards inside that run (timed
@@ -132,6 +137,38 @@ def paired_shards(cfg: Config, frames: list, url: Path) -> list[tuple[int, float
     return pairs
 
 
+def cpu_per_frame(cfg: Config, frames: list, url: Path, shards: int) -> dict[str, float]:
+    """CPU milliseconds per frame (all of this process's threads) of a shard task's phases,
+    over the first ``shards`` shards after one warm-up shard, with torch on one thread."""
+    from bevkd.storage.writer import StoreWriter
+
+    shutil.rmtree(url, ignore_errors=True)
+    cfg = with_overrides(cfg, [f"store.url={url}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, tasks = cache_teacher.prepare_store(cfg, frames, resume=False)
+        spent = {"load": 0.0, "forward": 0.0, "write": 0.0}
+        counted = 0
+        for k, (shard_id, shard_frames, first) in enumerate(tasks[: shards + 1]):
+            clock = [time.process_time()]
+            samples, skipped = teacher_runner.load_shard(cfg, shard_frames, first)
+            clock.append(time.process_time())
+            arrays, boxes, _ = teacher_runner.forward_shard(
+                cfg, samples, cfg.cache.teachers, torch.device("cpu"), cfg.train.batch_size
+            )
+            clock.append(time.process_time())
+            StoreWriter.reopen(str(url)).write_shard(shard_id, arrays, boxes, skipped)
+            clock.append(time.process_time())
+            if k:  # the first shard warms torch's and the writer's caches
+                for phase, before, after in zip(spent, clock, clock[1:], strict=False):
+                    spent[phase] += after - before
+                counted += len(shard_frames)
+    finally:
+        torch.set_num_threads(threads)
+    return {phase: 1000 * seconds / max(counted, 1) for phase, seconds in spent.items()}
+
+
 def cache_rates(cfg: Config, url: Path, overrides: list[str]) -> dict[str, float]:
     """Frames/s of one cache-teacher run into a fresh store: end to end, over the shard phase,
     and of the teachers' forwards inside that run (timed by the shard tasks themselves)."""
@@ -155,6 +192,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of all three measurements, interleaved"
     )
+    parser.add_argument(
+        "--cpu-shards", type=int, default=6, help="shards timed for the CPU cost per frame"
+    )
     args = parser.parse_args()
     forward: list[float] = []
     runs: dict[str, list[dict[str, float]]] = {"single": [], "dask": []}
@@ -168,6 +208,7 @@ def main() -> None:
             f"torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds"
         )
         pairs = paired_shards(cfg, frames, tmp / "paired.zarr")
+        cpu = cpu_per_frame(cfg, frames, tmp / "cpu.zarr", args.cpu_shards)
         for _ in range(args.rounds):
             forward.append(forward_only(cfg, frames))
             runs["single"].append(cache_rates(cfg, tmp / "single.zarr", ["cache.n_workers=0"]))
@@ -180,6 +221,13 @@ def main() -> None:
         f"{n / alone:.2f} frames/s, cache-teacher shard tasks {n / cached:.2f} frames/s: "
         f"{alone / cached:.3f}x (per shard: median {statistics.median(per_shard):.3f}, "
         f"{per_shard[0]:.3f} to {per_shard[-1]:.3f})"
+    )
+    work = cpu["load"] + cpu["write"]
+    print(
+        f"CPU per frame, torch on one thread ({args.cpu_shards} shards): load "
+        f"{cpu['load']:.1f} ms, forward {cpu['forward']:.1f} ms, encode and write "
+        f"{cpu['write']:.1f} ms; with every core busy, caching reaches at most "
+        f"{cpu['forward'] / (cpu['forward'] + work):.3f}x the forward alone"
     )
     labels = {"single": "one process", "dask": "dask LocalCluster"}
     print(
