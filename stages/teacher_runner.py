@@ -140,6 +140,14 @@ def load_shard(
     return samples, skipped
 
 
+def samples_read_by(name: str, samples: Sequence[Sample]) -> list[Sample]:
+    """The samples teacher ``name`` runs over: the labelled ones for a labelled-only teacher
+    (the label encoder), else all."""
+    if TEACHER_FIELDS[name].labeled_only:
+        return [s for s in samples if s.has_label]
+    return list(samples)
+
+
 @torch.no_grad()
 def forward_shard(
     cfg: Config,
@@ -161,7 +169,7 @@ def forward_shard(
         for name in teachers:
             model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
             spec = TEACHER_FIELDS[name]
-            chosen = [s for s in samples if s.has_label] if spec.labeled_only else list(samples)
+            chosen = samples_read_by(name, samples)
             features = wanted_features(name, cfg.cache.lidar_bev_scales)
             for start in range(0, len(chosen), batch_size):
                 out = forward_frozen(model, chosen[start : start + batch_size], device)
