@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bevkd.pipeline.geometry import BEVGrid
-from bevkd.storage.dataset import StoreFrames
+from bevkd.datasets.cached import StoreFrames
 from bevkd.storage.reader import open_store
 from bevkd.storage.testing import (
     demo_contract,

@@ -4,8 +4,10 @@ Dataset-specific reading stays behind the Frame record (paths, calibration, GT i
 frame), so nuScenes keyframes, nuScenes sweeps and KITTI frames all load through this class.
 
 Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same frame
-in the same epoch gets the same draw whatever the worker count. Call :meth:`set_epoch` before
-each epoch (with non-persistent DataLoader workers, which copy the dataset at start).
+in the same epoch gets the same draw whatever the worker count. The epoch comes with the key:
+``dataset[(epoch, index)]``, as :class:`bevkd.datasets.sampler.EpochSampler` yields them, so
+persistent DataLoader workers (which keep their own copy of the dataset) still draw each
+epoch's augmentation. A plain ``dataset[index]`` uses the epoch of :meth:`set_epoch`.
 """
 
 from __future__ import annotations
@@ -57,14 +59,17 @@ class FrameDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def rng(self, index: int) -> np.random.Generator | None:
-        """The augmentation generator of one frame this epoch; None when not training."""
-        return np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator | None:
+        """The augmentation generator of one frame in ``epoch`` (default: :meth:`set_epoch`'s);
+        None when not training."""
+        epoch = self.epoch if epoch is None else epoch
+        return np.random.default_rng([self.seed, epoch, index]) if self.train else None
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         frame = self.frames[index]
         where = describe(frame, index)
-        rng = self.rng(index)
+        rng = self.rng(index, epoch)
         bev_aug = draw_bev_aug(self.data, rng)
         points = load_points(frame, self.data.lidar_sweeps, where)
         if self.data.crop_points_to_camera:

@@ -76,6 +76,30 @@ TEACHER_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
 }
 
 
+def build_student(cfg: Config) -> nn.Module:
+    """The camera student (``model.kind: camera``); lazy, like the teachers."""
+    from bevkd.models.camera_student import build_camera_student
+
+    return build_camera_student(cfg)
+
+
+# Every trainable kind: the teachers and the camera student.
+MODEL_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
+    **TEACHER_BUILDERS,
+    "camera": build_student,
+}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """Build the teacher or student named by ``cfg.model.kind``."""
+    builder = MODEL_BUILDERS.get(cfg.model.kind)
+    if builder is None:
+        raise ConfigError(
+            f"model.kind '{cfg.model.kind}' is unknown; known kinds: {sorted(MODEL_BUILDERS)}"
+        )
+    return builder(cfg)
+
+
 def build_teacher(cfg: Config) -> nn.Module:
     """Build the teacher named by ``cfg.model.kind``."""
     builder = TEACHER_BUILDERS.get(cfg.model.kind)

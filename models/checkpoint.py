@@ -76,6 +76,21 @@ def load_teacher(
     return model, cfg, sha256_file(path)
 
 
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, str]:
+    """Rebuild any trained model (teacher or student) from its checkpoint, in eval mode:
+    (model, its config, the checkpoint file's sha256)."""
+    from bevkd.models.builders import build_model
+
+    payload = load_checkpoint(path, map_location=device)
+    cfg = checkpoint_config(payload)
+    model = build_model(cfg)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return model, cfg, sha256_file(path)
+
+
 # Module prefixes that carry over when one teacher kind initialises another: BEVFusion trains
 # its fusion stage from the LiDAR-only model's encoder, BEV decoder, neck and head.
 INIT_RENAMES: dict[tuple[str, str], dict[str, str]] = {
@@ -85,6 +100,10 @@ INIT_RENAMES: dict[tuple[str, str], dict[str, str]] = {
         "neck_module.": "neck.",
         "head.": "head.",
     },
+    # A student from a student (CMKD's phase 2 starts from phase 1), or its camera branch
+    # from the fusion teacher's.
+    ("camera", "camera"): {"": ""},
+    ("fusion", "camera"): {"camera.": "camera."},
 }
 
 

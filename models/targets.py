@@ -247,10 +247,19 @@ def labelled_detection_loss(
     grid: BEVGrid,
     num_classes: int,
     head_cfg: HeadConfig,
+    allow_unlabelled: bool = False,
 ) -> dict[str, torch.Tensor]:
     """:func:`detection_loss` over the labelled samples of a batch only: unlabelled samples
-    carry no GT, and their empty box lists would otherwise teach "nothing here"."""
+    carry no GT, and their empty box lists would otherwise teach "nothing here". Their
+    outputs are not selected, so they get exactly zero gradient from these terms.
+
+    A batch with no labelled sample raises, unless ``allow_unlabelled`` (semi-supervised
+    students), where both terms are a zero that keeps the head in the graph (DDP needs every
+    parameter to take part in every step)."""
     labelled = [i for i in range(len(tokens)) if bool(has_label[i])]
+    if not labelled and allow_unlabelled:
+        zero = head.heatmap.sum() * 0.0 + head.regression.sum() * 0.0
+        return {"heatmap": zero, "regression": zero.clone()}
     if not labelled:
         raise ValueError(
             f"batch {list(tokens)} has no labelled frames: teachers train on labelled splits only"

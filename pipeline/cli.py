@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "bevkd.pipeline.commands.train_teacher",
         "Train a LiDAR, fusion or label-encoder teacher.",
     ),
+    "train-student": (
+        "bevkd.pipeline.commands.train_student",
+        "Train a camera student against a teacher store (baseline | cmkd).",
+    ),
     "cache-teacher": (
         "bevkd.pipeline.commands.cache_teacher",
         "Run teachers once and write the teacher store.",
@@ -62,7 +66,7 @@ def cli() -> None:
 
     Stage one (cache-teacher) runs LiDAR / fusion teachers and the label encoder once and
     writes a checksummed Zarr store; stage two (train-student) trains camera students
-    against it. Every stage takes --config FILE.yaml and repeatable --set key.sub=value.
+    against it, with no teacher in the loop. Every stage takes --config FILE.yaml and repeatable --set key.sub=value.
     """
 
 

@@ -113,7 +113,7 @@ class GridConfig:
 class ModelConfig:
     """Network sizes. One section serves every teacher and student kind; each uses its part."""
 
-    kind: str = "lidar"  # lidar | fusion | label_encoder | camera
+    kind: str = "lidar"  # lidar | fusion | label_encoder (teachers) | camera (the student)
     lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
     max_points_per_voxel: int = 10
     max_voxels: int = 40000
@@ -170,6 +170,13 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: bool = False  # also keep epoch_NNN.pt beside last.pt
     eval_every: int = 0  # epochs; 0 evaluates only at the end
+    # the validation number best.pt is chosen by: a key of metrics.json, dotted for nested ones
+    # (nuScenes "NDS" or "mAP"; KITTI e.g. "ap.car.bev.moderate"); higher is better
+    best_metric: str = "NDS"
+    # DDP's find_unused_parameters: only for models with branches a step may skip (it costs a
+    # graph traversal per step); every bevkd loss keeps all parameters in the graph
+    find_unused_parameters: bool = False
+    torch_threads: int = 0  # torch intra-op threads of a training process; 0 = torch's default
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,47 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class StudentConfig:
+    """Stage two: which store a camera student reads, which frames, which recipe."""
+
+    # the distillation recipe (distill.recipes.RECIPES): baseline | cmkd
+    recipe: str = "baseline"
+    store: str = "work/demo/teacher.zarr"  # the teacher store (local path or fsspec URL)
+    storage_options: tuple[tuple[str, str], ...] = ()  # fsspec options, e.g. endpoint_url
+    # add the unlabeled split's frames (has_label false): only teacher terms apply to them
+    unlabeled: bool = False
+    # BEV feature channels at stride 1 (stride 2 has twice as many); they must match the
+    # store's lidar_bev / lidar_bev_s2, which the distilled recipes compare them against
+    bev_channels: int = 64
+    bev_layers: tuple[int, ...] = (2, 2)
+    # a student checkpoint whose weights start this run (CMKD's phase 2 starts from phase 1)
+    init_from: str = ""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Weights and options of the distillation terms (METHODS.md: CMKD-MV's nuScenes values)."""
+
+    # "gt+kd": GT detection terms on labelled frames plus KD (CMKD-MV); "kd": pure teacher
+    # mimicry with no GT on any frame (the released CMKD KITTI code)
+    mode: str = "gt+kd"
+    bev_weight: float = 50.0  # BEV feature MSE (CMKD: 32 KITTI, 50 nuScenes)
+    # "none": the full map (CMKD's default); "teacher": cells where the teacher's heatmap
+    # exceeds heatmap_threshold in any class; "gt": GT-gaussian cells (labelled frames)
+    bev_mask: str = "none"
+    bev_scales: tuple[int, ...] = (1,)  # 1: lidar_bev; 2: lidar_bev_s2 as well
+    response: bool = True  # the heatmap QFL and soft box terms; false = CMKD's phase 1
+    heatmap_weight: float = 0.2  # QFL heatmap KD (CMKD: 1-2 KITTI, 0.2 nuScenes)
+    qfl_beta: float = 2.0
+    # teacher probability above which a cell counts in the QFL normaliser (0.1 CMKD KITTI)
+    heatmap_threshold: float = 0.1
+    regression_weight: float = 50.0  # soft box regression (CMKD: 2-4 KITTI, 50 nuScenes)
+    regression_threshold: float = 0.1  # cells whose summed teacher probability exceeds it
+    # the teacher fields: lidar (heatmap, box_regression) or fusion (fusion_heatmap, ...)
+    teacher: str = "lidar"
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     eval_set: str = "val"
     render_curves: bool = False
@@ -233,6 +281,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     classes: tuple[str, ...] = NUSCENES_CLASSES
 
 

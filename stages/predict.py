@@ -40,12 +40,53 @@ def predict(
     return frames, detections
 
 
+def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detections],
+                     out_dir: str | Path, count: int = 4, store_url: str = "") -> list[Path]:  # fmt: skip
+    """PNGs of the first ``count`` frames: BEV predictions against GT (and the teacher's cached
+    boxes when ``store_url`` holds the frame), and predictions drawn on the camera images."""
+    from bevkd.pipeline.geometry import BEVGrid
+    from bevkd.stages.draw import draw_bev, draw_cameras
+
+    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    store = _store_if_any(store_url)
+    written = []
+    for frame, det in list(zip(frames, detections, strict=True))[:count]:
+        boxes, scores, labels = det.boxes.numpy(), det.scores.numpy(), det.labels.numpy()
+        teacher = None
+        if store is not None and frame.token in store._index:
+            teacher = store.read_frame(frame.token, ["boxes"])["boxes"]
+        stem = Path(out_dir) / f"frame_{frame.token[:12]}"
+        title = f"{frame.token} ({frame.split})"
+        written.append(draw_bev(f"{stem}_bev.png", grid, boxes, scores, labels, cfg.classes,
+                                gt_boxes=frame.boxes, teacher_boxes=teacher, title=title))  # fmt: skip
+        written.append(draw_cameras(f"{stem}_cameras.png", frame, boxes, scores, labels,
+                                    cfg.classes, gt_boxes=frame.boxes))  # fmt: skip
+    return written
+
+
+def _store_if_any(url: str) -> Any:
+    """The teacher store at ``url`` if it opens and holds ``boxes``, else None (drawing only)."""
+    if not url or (not Path(url).exists() and "://" not in url):
+        return None
+    from bevkd.storage.reader import open_store
+    from bevkd.storage.schema import StoreError
+
+    try:
+        store = open_store(url)
+    except StoreError:
+        return None
+    return store if "boxes" in store.contract.field_names else None
+
+
 def evaluate_model(
-    model: nn.Module, cfg: Config, out_dir: str | Path, role: str = "val"
+    model: nn.Module, cfg: Config, out_dir: str | Path, role: str = "val", draw: int = 0
 ) -> dict[str, Any]:
-    """Predict ``role`` and evaluate with the dataset's own metric; writes into ``out_dir``."""
+    """Predict ``role`` and evaluate with the dataset's own metric; writes into ``out_dir``,
+    with PNGs of the first ``draw`` frames (:func:`draw_predictions`)."""
     out = Path(out_dir)
     frames, detections = predict(model, cfg, role)
+    if draw:
+        draw_predictions(cfg, frames, detections, out, draw, cfg.student.store)
     if cfg.data.format == "kitti":
         from bevkd.stages import kitti_ap
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,44 +23,7 @@ from bevkd.models.outputs import TeacherOutput
 from bevkd.pipeline.cluster import io_threads
 from bevkd.pipeline.config import Config
 from bevkd.pipeline.errors import BevkdError
-
-
-@dataclass(frozen=True)
-class TeacherFields:
-    """How one teacher's outputs are named in the store.
-
-    ``features``: teacher feature name -> field name; ``heatmap``/``regression``/``boxes``: the
-    head's field names (empty: not stored); ``labeled_only``: the teacher needs GT.
-    """
-
-    features: dict[str, str]
-    heatmap: str = ""
-    regression: str = ""
-    boxes: str = ""
-    labeled_only: bool = False
-
-
-TEACHER_FIELDS: dict[str, TeacherFields] = {
-    "lidar": TeacherFields(
-        features={"lidar_bev": "lidar_bev", "lidar_bev_s2": "lidar_bev_s2"},
-        heatmap="heatmap",
-        regression="box_regression",
-        boxes="boxes",
-    ),
-    "fusion": TeacherFields(
-        features={
-            "camera_bev": "camera_bev",
-            "lidar_bev": "fusion_lidar_bev",
-            "fused_bev": "fused_bev",
-        },
-        heatmap="fusion_heatmap",
-        regression="fusion_box_regression",
-        boxes="fusion_boxes",
-    ),
-    "label_encoder": TeacherFields(
-        features={"label_bev": "label_bev", "label_bev_s2": "label_bev_s2"}, labeled_only=True
-    ),
-}
+from bevkd.storage.fields import TEACHER_FIELDS
 
 
 def wanted_features(name: str, scales: Sequence[int]) -> dict[str, str]:

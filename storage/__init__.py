@@ -7,6 +7,5 @@ Import from the modules (nothing heavy is imported here):
 - ``writer``: StoreWriter (create / open / write_shard / finalize)
 - ``reader``: open_store -> TeacherStore (read_frame)
 - ``augment``: transform_field, transform_boxes_rows
-- ``dataset``: CachedTargets, StoreFrames, collate_cached, loader_kwargs, Prefetcher (torch)
 - ``verify``, ``copy``, ``info``, ``show``: what ``bevkd store ...`` runs
 """

@@ -10,6 +10,8 @@ range); lossless fp32 for boxes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bevkd.storage.schema import BOX_ROW_CHANNELS, REGRESSION_CHANNELS, FieldSpec
 
 DEFAULT_CODECS: dict[str, str] = {
@@ -52,3 +54,49 @@ def boxes_field(name: str, capacity: int = 256, labeled_only: bool = False) -> F
     """Decoded boxes, up to ``capacity`` rows of :data:`BOX_ROW_CHANNELS` per frame."""
     return FieldSpec(name, "boxes", "float32", (capacity, len(BOX_ROW_CHANNELS)), "fp32",
                      channel_map=BOX_ROW_CHANNELS, labeled_only=labeled_only)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TeacherFields:
+    """How one teacher's outputs are named in the store.
+
+    ``features``: teacher feature name -> field name; ``heatmap``/``regression``/``boxes``: the
+    head's field names (empty: not stored); ``labeled_only``: the teacher needs GT.
+    """
+
+    features: dict[str, str]
+    heatmap: str = ""
+    regression: str = ""
+    boxes: str = ""
+    labeled_only: bool = False
+
+
+TEACHER_FIELDS: dict[str, TeacherFields] = {
+    "lidar": TeacherFields(
+        features={"lidar_bev": "lidar_bev", "lidar_bev_s2": "lidar_bev_s2"},
+        heatmap="heatmap",
+        regression="box_regression",
+        boxes="boxes",
+    ),
+    "fusion": TeacherFields(
+        features={
+            "camera_bev": "camera_bev",
+            "lidar_bev": "fusion_lidar_bev",
+            "fused_bev": "fused_bev",
+        },
+        heatmap="fusion_heatmap",
+        regression="fusion_box_regression",
+        boxes="fusion_boxes",
+    ),
+    "label_encoder": TeacherFields(
+        features={"label_bev": "label_bev", "label_bev_s2": "label_bev_s2"}, labeled_only=True
+    ),
+}
+
+
+def teacher_writing(field_name: str) -> str:
+    """The teacher (a key of :data:`TEACHER_FIELDS`) whose caching writes ``field_name``."""
+    for teacher, spec in TEACHER_FIELDS.items():
+        if field_name in (*spec.features.values(), spec.heatmap, spec.regression, spec.boxes):
+            return teacher
+    return "no bevkd teacher"

@@ -27,8 +27,12 @@ from bevkd.pipeline.options import config_options, resolve
     "checkpoint",
     default=None,
     type=click.Path(dir_okay=False),
-    help="A trained teacher: run it over the val split (with its own config) and evaluate.",
+    help="A trained teacher or student: run it over the val split (with its own config, "
+    "--set applied last) and evaluate.",
 )
+@click.option("--draw", default=4, show_default=True,
+              help="With --checkpoint: PNGs of this many frames (BEV predictions vs GT and the "
+              "teacher's cached boxes; boxes on the camera images).")  # fmt: skip
 @click.option(
     "--out",
     "out_dir",
@@ -53,16 +57,25 @@ def command(
     out_dir: str | None,
     fmt: str | None,
     render_curves: bool,
+    draw: int,
 ) -> None:
     """Evaluate detections against the dataset's GT and write metrics.json + summary.md.
 
-    Give either --results (a results file made elsewhere) or --checkpoint (a trained teacher,
-    run here over the val split with the config saved in the checkpoint, --set applied last).
+    Give either --results (a results file made elsewhere) or --checkpoint (a trained teacher
+    or student, run here over the val split with the config saved in the checkpoint, --set
+    applied last). A student trained on one dataset scores on another with the same rig:
+    --set data.root=OTHER (and eval.eval_set / data.val_split for another split).
+
+    \b
+    Examples:
+      bevkd evaluate --checkpoint work/demo/student_cmkd/best.pt
+      bevkd evaluate --checkpoint work/demo/student_cmkd/best.pt --set data.root=/data/other
+      bevkd evaluate --data work/demo/data --results results_nusc.json
     """
     if (results_path is None) == (checkpoint is None):
         raise click.UsageError("give exactly one of --results and --checkpoint")
     if checkpoint:
-        summary = _evaluate_checkpoint(Path(checkpoint), overrides, data_root, out_dir)
+        summary = _evaluate_checkpoint(Path(checkpoint), overrides, data_root, out_dir, draw)
         _print(summary)
         return
     assert results_path is not None
@@ -84,16 +97,16 @@ def command(
 
 
 def _evaluate_checkpoint(
-    path: Path, overrides: tuple[str, ...], data_root: str | None, out_dir: str | None
+    path: Path, overrides: tuple[str, ...], data_root: str | None, out_dir: str | None, draw: int
 ) -> dict:
-    from bevkd.models.checkpoint import load_teacher
+    from bevkd.models.checkpoint import load_model
     from bevkd.pipeline.config import with_overrides
     from bevkd.stages.predict import evaluate_model
 
-    model, cfg, _ = load_teacher(path)
+    model, cfg, _ = load_model(path)
     cfg = with_overrides(cfg, [*overrides, *([f"data.root={data_root}"] if data_root else [])])
     out = Path(out_dir) if out_dir else path.parent / f"eval_{path.stem}"
-    summary: dict = evaluate_model(model, cfg, out)
+    summary: dict = evaluate_model(model, cfg, out, draw=draw)
     click.echo(f"saved to {out}")
     return summary
 

@@ -27,10 +27,10 @@ def command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     result = run(resolve(config_path, overrides))
     click.echo(f"checkpoint: {result.checkpoint}")
     if result.metrics:
-        _print_metrics(result.metrics)
+        print_metrics(result.metrics)
 
 
-def _print_metrics(metrics: dict) -> None:
+def print_metrics(metrics: dict) -> None:
     if "mAP" in metrics:
         click.echo(f"mAP {metrics['mAP']:.4f}  NDS {metrics['NDS']:.4f}")
         for name, ap in metrics.get("class_ap", {}).items():

@@ -12,13 +12,8 @@ import torch
 from bevkd.datasets.frame import Sample
 from bevkd.pipeline.geometry import bev_transform
 from bevkd.storage.augment import transform_field
-from bevkd.storage.dataset import (
-    CachedTargets,
-    Prefetcher,
-    StoreFrames,
-    collate_cached,
-    loader_kwargs,
-)
+from bevkd.datasets.cached import CachedTargets, Prefetcher, StoreFrames, loader_kwargs
+from bevkd.datasets.student_batch import collate_student
 from bevkd.storage.reader import open_store
 from bevkd.storage.testing import small_contract, write_store
 
@@ -91,10 +86,11 @@ def test_two_workers_open_their_own_handles_and_the_parent_never_reads(store_url
     order = list(range(8))
     dataset = CachedTargets(_samples(store_url, order), store_url)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=3, collate_fn=collate_cached, **loader_kwargs(store_url, 2)
+        dataset, batch_size=3, collate_fn=collate_student, **loader_kwargs(store_url, 2)
     )
     seen = []
-    for batch, targets in Prefetcher(loader, depth=2):
+    for batch in Prefetcher(loader, depth=2):
+        targets = batch.targets
         seen += batch.tokens
         assert targets.fields["lidar_bev"].shape[1:] == (8, 16, 16)
         np.testing.assert_array_equal(targets.present["label_bev"].numpy(), batch.has_label.numpy())

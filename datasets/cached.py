@@ -1,11 +1,12 @@
-"""torch adapters: cached teacher targets beside dataset samples, and a prefetcher.
+"""The torch side of the teacher store: cached targets beside dataset samples, and a prefetcher.
 
 :class:`CachedTargets` wraps any map-style dataset of :class:`bevkd.datasets.frame.Sample`
 and yields ``(sample, targets)``: the store fields of the sample's token, transformed by
-its ``bev_aug`` field by field (:mod:`bevkd.storage.augment`). The store is opened lazily
-in the process that reads (each DataLoader worker opens its own; the parent never reads).
+its ``bev_aug`` field by field (:mod:`bevkd.storage.augment`). Keys pass through to the base
+dataset unchanged (an index, or ``(epoch, index)``). The store is opened lazily in the
+process that reads (each DataLoader worker opens its own; the parent never reads).
 For remote stores use :func:`loader_kwargs`, which picks a ``forkserver`` worker context
-(s3fs clients must not cross a fork).
+(s3fs clients must not cross a fork). :mod:`bevkd.storage` itself stays numpy + zarr.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,8 @@ class _LazyStore:
 
 class CachedTargets(torch.utils.data.Dataset):
     """``(sample, targets)`` with ``targets[name]`` a float32 tensor: spatial ``(C, H, W)``,
-    boxes ``(N, 11)``. ``labeled_only`` fields are absent for unlabeled frames."""
+    boxes ``(N, 11)``. ``labeled_only`` fields (which encode GT) are absent for samples without
+    labels: by the *sample's* ``has_label``, so a run that hides a frame's GT hides them too."""
 
     def __init__(self, base: Any, url: str, fields: Iterable[str] | None = None,
                  expect: StoreContract | None = None, storage_options: dict[str, Any] | None = None):  # fmt: skip
@@ -62,10 +63,13 @@ class CachedTargets(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, torch.Tensor]]:
-        sample = self.base[index]
+    def __getitem__(self, key: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        sample = self.base[key]
         store = self._store.get()
-        raw = store.read_frame(sample.token, self.fields)
+        fields = self.fields if self.fields is not None else store.contract.field_names
+        if not sample.has_label:
+            fields = tuple(f for f in fields if not store.contract.field(f).labeled_only)
+        raw = store.read_frame(sample.token, fields)
         aug = sample.bev_aug.detach().cpu().numpy().astype(np.float64)
         targets = {}
         for name, value in raw.items():
@@ -98,47 +102,6 @@ class StoreFrames(torch.utils.data.Dataset):
         frame = self.indices[index] if self.indices is not None else index
         raw = self._store.get().read_frame(frame, self.fields)
         return {k: torch.from_numpy(v) for k, v in raw.items()}
-
-
-@dataclass
-class TargetBatch:
-    """Collated targets. ``fields[name]``: (B, C, H, W), zeros where ``present[name]`` (B,) is
-    False; ``boxes[name]``: B tensors (N_b, 11) (empty where absent)."""
-
-    fields: dict[str, torch.Tensor]
-    present: dict[str, torch.Tensor]
-    boxes: dict[str, list[torch.Tensor]]
-
-    def to(self, device: torch.device | str) -> TargetBatch:
-        return TargetBatch(
-            {k: v.to(device, non_blocking=True) for k, v in self.fields.items()},
-            {k: v.to(device, non_blocking=True) for k, v in self.present.items()},
-            {k: [b.to(device, non_blocking=True) for b in v] for k, v in self.boxes.items()},
-        )
-
-
-def collate_targets(targets: list[dict[str, torch.Tensor]]) -> TargetBatch:
-    """Stack per-sample target dicts; a field absent in some samples is zero-filled and masked."""
-    names = sorted({n for t in targets for n in t})
-    fields, present, boxes = {}, {}, {}
-    for name in names:
-        have = torch.tensor([name in t for t in targets], dtype=torch.bool)
-        example = next(t[name] for t in targets if name in t)
-        if example.ndim == 2:  # boxes rows
-            boxes[name] = [t.get(name, torch.zeros((0, example.shape[1]))) for t in targets]
-            continue
-        fields[name] = torch.stack(
-            [t[name] if name in t else torch.zeros_like(example) for t in targets]
-        )
-        present[name] = have
-    return TargetBatch(fields, present, boxes)
-
-
-def collate_cached(items: list[tuple[Any, dict[str, torch.Tensor]]]) -> tuple[Any, TargetBatch]:
-    """DataLoader ``collate_fn`` for :class:`CachedTargets`: (datasets Batch, TargetBatch)."""
-    from bevkd.datasets.frame import collate
-
-    return collate([s for s, _ in items]), collate_targets([t for _, t in items])
 
 
 def loader_kwargs(url: str, num_workers: int) -> dict[str, Any]:
@@ -203,3 +166,17 @@ def _to_device(item: Any, device: torch.device | str) -> Any:
     if isinstance(item, (list, tuple)):
         return type(item)(_to_device(v, device) for v in item)
     return item
+
+
+class SamplesOnly(torch.utils.data.Dataset):
+    """``(sample, {})``: the items of :class:`CachedTargets` for a recipe that reads no store
+    field (the GT-only baseline), so both collate the same way."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        return self.base[key], {}

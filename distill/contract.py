@@ -1,0 +1,79 @@
+"""What a student config expects of a teacher store, checked when training starts.
+
+:func:`check_store` compares the store's contract with the student's grid, classes and the
+fields its recipe reads (with the per-frame shapes it needs). Every difference is named with
+both values, and a missing field names the teacher that writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bevkd.pipeline.config import Config
+from bevkd.pipeline.geometry import BEVGrid
+from bevkd.storage.fields import teacher_writing
+from bevkd.storage.schema import ContractMismatch, StoreContract
+
+
+def student_grid(cfg: Config) -> BEVGrid:
+    return BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+
+
+def _grid_text(grid: BEVGrid) -> str:
+    return (
+        f"x [{grid.x_min:g}, {grid.x_max:g}) y [{grid.y_min:g}, {grid.y_max:g}) m, "
+        f"cell {grid.cell:g} m, {grid.H}x{grid.W}"
+    )
+
+
+def _missing_hint(name: str) -> str:
+    teacher = teacher_writing(name)
+    hint = f"the {teacher} teacher writes it: add {teacher} to cache.teachers"
+    if name.endswith("_s2"):
+        hint += " and 2 to cache.lidar_bev_scales"
+    return hint + ", and re-cache"
+
+
+def store_problems(
+    contract: StoreContract, cfg: Config, expects: Mapping[str, tuple[int, ...] | None]
+) -> list[str]:
+    """Every way the store differs from what ``cfg`` and a recipe's ``expects`` need."""
+    problems = []
+    grid = student_grid(cfg)
+    if contract.grid != grid:
+        problems.append(
+            f"BEV grid: the store's is {_grid_text(contract.grid)}; the student's config "
+            f"(grid.point_cloud_range, voxel_size, bev_stride) gives {_grid_text(grid)}"
+        )
+    if tuple(contract.classes) != tuple(cfg.classes):
+        problems.append(
+            f"classes: the store has {list(contract.classes)}, the student's config "
+            f"has {list(cfg.classes)}"
+        )
+    for name, shape in expects.items():
+        if name not in contract.field_names:
+            problems.append(
+                f"field {name!r} is missing ({_missing_hint(name)}); the store has "
+                f"{list(contract.field_names)}"
+            )
+            continue
+        have = contract.field(name).shape
+        if shape is not None and tuple(have) != tuple(shape):
+            problems.append(
+                f"field {name!r} has per-frame shape {tuple(have)}, the student needs "
+                f"{tuple(shape)} (student.bev_channels={cfg.student.bev_channels}; set it to the "
+                "teacher's channels)"
+            )
+    return problems
+
+
+def check_store(
+    contract: StoreContract, cfg: Config, expects: Mapping[str, tuple[int, ...] | None], url: str
+) -> None:
+    """Raise :class:`ContractMismatch` naming every problem, or return quietly."""
+    problems = store_problems(contract, cfg, expects)
+    if problems:
+        raise ContractMismatch(
+            f"store {url} cannot train this student (recipe {cfg.student.recipe}): "
+            + "; ".join(problems)
+        )

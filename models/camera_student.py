@@ -1,0 +1,109 @@
+"""The camera BEV student (BEVDepth design at demo scale), read top to bottom:
+
+images (B, K, 3, H, W) -> ResNet-style backbone + FPN-lite neck -> LSS view transform with a
+categorical depth net (:class:`~bevkd.models.camera_bev.CameraBEV`, the fusion teacher's camera
+branch) -> ``camera_bev`` (B, Cc, H, W) -> SECOND-style BEV encoder -> ``bev`` (B, C, H, W) and
+``bev_s2`` (B, 2C, H/2, W/2), the shapes of the store's ``lidar_bev`` / ``lidar_bev_s2`` ->
+SECONDFPN neck -> the teachers' CenterPoint head -> (optional) decoded boxes.
+
+Depth is supervised with LiDAR depth maps (BEVDepth's BCE over bins, every frame: LiDAR depth
+needs no label); the detection terms apply to labelled frames only. Pure torch: importing this
+module never imports spconv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bevkd.models import box_coder, targets
+from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
+from bevkd.models.camera_bev import CameraBEV, build_camera_bev, depth_loss
+from bevkd.models.head import CenterHead
+from bevkd.models.outputs import Detections, HeadOutput
+from bevkd.pipeline.config import Config, HeadConfig
+from bevkd.pipeline.geometry import BEVGrid
+
+# Student feature -> the store field of the same shape it is distilled against by default.
+FEATURE_FIELDS: dict[str, str] = {"bev": "lidar_bev", "bev_s2": "lidar_bev_s2"}
+
+
+@dataclass
+class StudentOutput:
+    """A student forward over a batch.
+
+    ``features``: ``camera_bev`` (B, Cc, H, W) the LSS output, ``bev`` (B, C, H, W) and
+    ``bev_s2`` (B, 2C, H/2, W/2) the BEV encoder's two scales; ``head``: CenterPoint maps on
+    (H, W); ``depth_logits`` (B*K, D, h, w); ``detections``: per frame, when decoding.
+    """
+
+    features: dict[str, torch.Tensor]
+    head: HeadOutput
+    depth_logits: torch.Tensor
+    detections: list[Detections] = field(default_factory=list)
+
+
+class CameraStudent(nn.Module):
+    """Camera-only CenterPoint student on the teachers' BEV grid."""
+
+    def __init__(self, grid: BEVGrid, head_cfg: HeadConfig, class_names: Sequence[str],
+                 depth_loss_weight: float, camera: CameraBEV, encoder: SECONDBackbone,
+                 neck: SECONDFPN, head: CenterHead) -> None:  # fmt: skip
+        super().__init__()
+        self.bev_grid, self.head_cfg = grid, head_cfg
+        self.class_names = tuple(class_names)
+        self.depth_loss_weight = depth_loss_weight
+        self.camera, self.encoder, self.neck, self.head = camera, encoder, neck, head
+
+    def forward(self, batch: Any, decode: bool = False) -> StudentOutput:
+        """``batch``: anything with ``images``, ``cam2img`` and ``cam2ego`` (a
+        :class:`~bevkd.datasets.student_batch.StudentBatch` or a dataset ``Batch``)."""
+        cam = self.camera(batch.images, batch.cam2img, batch.cam2ego)
+        scales = self.encoder(cam.bev)  # named lidar_bev* by the shared SECOND backbone
+        head_out: HeadOutput = self.head(self.neck(scales))
+        features = {
+            "camera_bev": cam.bev,
+            "bev": scales["lidar_bev"],
+            "bev_s2": scales["lidar_bev_s2"],
+        }
+        detections = self.decode(head_out) if decode else []
+        return StudentOutput(features, head_out, cam.depth_logits, detections)
+
+    def decode(self, head_out: HeadOutput) -> list[Detections]:
+        return box_coder.decode(head_out, self.bev_grid, self.head_cfg)
+
+    def gt_loss(self, output: StudentOutput, batch: Any) -> dict[str, torch.Tensor]:
+        """``heatmap`` + ``regression`` on labelled frames (zero, in the graph, when a batch
+        has none) and ``depth`` on every frame."""
+        terms = targets.labelled_detection_loss(
+            output.head, batch.gt_boxes, batch.gt_labels, batch.has_label, batch.tokens,
+            self.bev_grid, len(self.class_names), self.head_cfg, allow_unlabelled=True,
+        )  # fmt: skip
+        terms["depth"] = self.depth_loss_weight * self.depth_loss(output, batch)
+        return terms
+
+    def depth_loss(self, output: StudentOutput, batch: Any) -> torch.Tensor:
+        return depth_loss(output.depth_logits, batch.depth, self.camera.depth_bins)
+
+
+def build_camera_student(cfg: Config) -> CameraStudent:
+    """The student of ``cfg``: camera branch from ``cfg.model`` (image backbone channels, depth
+    bins, ``camera_bev_channels``), BEV encoder of ``student.bev_channels`` (stride 1) and twice
+    that (stride 2), the teachers' neck and head sizes."""
+    channels = cfg.student.bev_channels
+    camera = build_camera_bev(cfg)
+    neck = SECONDFPN(channels, up_channels=channels)
+    return CameraStudent(
+        grid=BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell),
+        head_cfg=cfg.head,
+        class_names=cfg.classes,
+        depth_loss_weight=cfg.model.depth_loss_weight,
+        camera=camera,
+        encoder=SECONDBackbone(camera.bev_channels, channels, cfg.student.bev_layers),
+        neck=neck,
+        head=CenterHead(neck.out_channels, len(cfg.classes), cfg.model.head_channels),
+    )

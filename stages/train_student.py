@@ -1,0 +1,131 @@
+"""Stage two: train a camera student against the teacher store (``bevkd train-student``).
+
+Start-up does the checks that must not wait for a DataLoader worker: the recipe's store fields
+against the store's contract (grid, classes, fields and shapes; :mod:`bevkd.distill.contract`),
+every training frame present in the store, and the frames the teacher skipped left out (their
+count printed). Then :func:`bevkd.stages.loop.fit` trains ``StudentObjective`` (the student
+and its recipe) and validates on the val split with the dataset's own metric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from torch import nn
+
+from bevkd.datasets.cached import CachedTargets, SamplesOnly, loader_kwargs
+from bevkd.datasets.dataset import FrameDataset, load_frames
+from bevkd.datasets.frame import Frame
+from bevkd.datasets.student_batch import collate_student
+from bevkd.distill.contract import check_store
+from bevkd.distill.recipes import Recipe, build_recipe
+from bevkd.models.checkpoint import init_from_checkpoint
+from bevkd.pipeline.config import Config, ConfigError, save_resolved
+from bevkd.pipeline.distributed import DistInfo, cleanup_distributed, setup_distributed
+from bevkd.pipeline.errors import BevkdError
+from bevkd.stages.loop import TrainResult, fit
+
+
+class StudentObjective(nn.Module):
+    """The student's forward, scored by its recipe: ``{term: weighted loss}``."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
+        super().__init__()
+        self.model, self.recipe = model, recipe
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.recipe(self.model(batch), batch)  # type: ignore[no-any-return]
+
+
+def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Frame]:
+    """The labelled train frames, plus every unlabelled frame of the train and unlabeled splits
+    when ``student.unlabeled``; frames the teacher skipped are left out (and counted). A frame
+    the store lacks is an error naming it."""
+    train = load_frames(cfg, "train")
+    frames = [f for f in train if f.has_label]
+    if cfg.student.unlabeled:
+        frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
+    labelled = sum(f.has_label for f in frames)
+    if store is None:
+        say(f"[train-student] {labelled} labelled + {len(frames) - labelled} unlabelled frames")
+        return frames
+    absent = [f.token for f in frames if f.token not in store._index]
+    if absent:
+        raise BevkdError(
+            f"store {store.url} has no entry for {len(absent)} of the {len(frames)} training frames "
+            f"(first: {absent[:3]}); it was cached from other splits (its provenance lists "
+            f"{store.provenance.get('dataset', {}).get('splits')}): re-cache with cache.splits covering them"
+        )
+    skipped = {store.tokens[i]: why for i, why in store.skipped.items()}
+    kept = [f for f in frames if f.token not in skipped]
+    dropped = len(frames) - len(kept)
+    labelled = sum(f.has_label for f in kept)
+    say(
+        f"[train-student] {labelled} labelled + {len(kept) - labelled} unlabelled frames; "
+        f"{dropped} left out because the teacher skipped them"
+        + (f" (e.g. {next(iter(skipped.values()))})" if dropped else "")
+    )
+    return kept
+
+
+def open_for(cfg: Config, recipe: Recipe) -> Any | None:
+    """The store, checked against what the recipe reads (None: the recipe reads no field)."""
+    if not recipe.expects:
+        return None
+    from bevkd.storage.reader import open_store
+
+    url = cfg.student.store
+    store = open_store(url, storage_options=dict(cfg.student.storage_options) or None)
+    check_store(store.contract, cfg, recipe.expects, url)
+    recipe.bind({name: store.contract.field(name) for name in recipe.expects})
+    return store
+
+
+def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
+    """The objective (student + recipe) and the training dataset of ``cfg``."""
+    from bevkd.models.builders import build_student
+
+    if cfg.model.kind != "camera":
+        raise ConfigError(f"train-student trains model.kind 'camera', not '{cfg.model.kind}'")
+    torch.manual_seed(cfg.train.seed)
+    model = build_student(cfg)
+    if cfg.student.init_from:
+        copied, skipped = init_from_checkpoint(model, "camera", cfg.student.init_from)
+        if info.is_main:
+            click.echo(f"[train-student] initialised {copied} tensors from {cfg.student.init_from} ({skipped} did not fit)")  # fmt: skip
+    recipe = build_recipe(cfg)
+    store = open_for(cfg, recipe)
+    frames = training_frames(cfg, store, click.echo if info.is_main else (lambda _: None))
+    samples = FrameDataset(frames, cfg.data, train=True, seed=cfg.train.seed)
+    if store is None:
+        return StudentObjective(model, recipe), SamplesOnly(samples)
+    dataset = CachedTargets(samples, cfg.student.store, fields=list(recipe.expects),
+                            storage_options=dict(cfg.student.storage_options) or None)  # fmt: skip
+    return StudentObjective(model, recipe), dataset
+
+
+def run(cfg: Config) -> TrainResult:
+    """Train the student of ``cfg`` and evaluate it on val; returns where it all went."""
+    from bevkd.stages.predict import evaluate_model
+
+    info = setup_distributed()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    try:
+        objective, dataset = build(cfg, info)
+        if info.is_main:
+            save_resolved(cfg, cfg.train.out_dir)
+            terms = ", ".join(sorted(objective.recipe.expects)) or "none"
+            click.echo(f"[train-student] recipe {cfg.student.recipe}; store fields read: {terms}")
+
+        def validate(model: nn.Module, out: Path) -> dict[str, Any]:
+            return evaluate_model(model, cfg, out)
+
+        extra = loader_kwargs(cfg.student.store, cfg.train.num_workers)
+        extra.pop("num_workers", None), extra.pop("persistent_workers", None)
+        return fit(cfg, objective, dataset, collate_student, info, validate, extra)
+    finally:
+        cleanup_distributed()
