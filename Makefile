@@ -13,7 +13,7 @@ OUT ?= work/demo
 SET ?=
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,9 @@ train-teacher: setup  ## train a teacher (CONFIG=configs/demo/lidar_teacher.yaml
 
 cache-teacher: setup  ## run the teachers once and write the store (demo: work/demo/teacher.zarr)
 	$(BEVKD) cache-teacher --config $(or $(CONFIG),configs/demo/cache.yaml) --build-missing $(SET)
+
+train-student: setup  ## train a camera student (default: demo CMKD + unlabeled frames; builds a missing demo store)
+	$(BEVKD) train-student --config $(or $(CONFIG),configs/demo/student_cmkd_unlabeled.yaml) --build-missing $(SET)
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)

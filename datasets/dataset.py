@@ -5,7 +5,7 @@ frame), so nuScenes keyframes, nuScenes sweeps and KITTI frames all load through
 
 Augmentation is drawn from ``numpy.random.default_rng([seed, epoch, index])``: the same frame
 in the same epoch gets the same draw whatever the worker count. The epoch comes with the key:
-``dataset[(epoch, index)]``, as :class:`bevkd.datasets.sampler.EpochSampler` yields them, so
+``dataset[(epoch, index)]``, as :class:`bevkd.datasets.sampler.EpochBatches` yields them, so
 persistent DataLoader workers (which keep their own copy of the dataset) still draw each
 epoch's augmentation. A plain ``dataset[index]`` uses the epoch of :meth:`set_epoch`.
 """

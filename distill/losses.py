@@ -53,10 +53,12 @@ def qfl_heatmap(
     """Quality focal loss of student heatmap logits against teacher probabilities (CMKD's
     response loss, after Li et al.'s QFL; Cc-Hy/CMKD ``qfl``):
 
-    ``sum BCEWithLogits(z_S, p_T) * |sigmoid(z_S) - p_T|^beta / max(1, #{p_T > threshold})``.
+    ``sum BCEWithLogits(z_S, p_T) * |sigmoid(z_S) - p_T|^beta / max(1, #{p_T > threshold})``,
+    the count taken over the (class, cell) entries of the whole batch (upstream counts per
+    frame and class; one batch count keeps a frame with few objects from weighing more).
 
     The modulating factor uses probabilities (CMKD-MV computes it on logits, a bug), and the
-    normaliser counts cells above the threshold: a soft teacher's summed probability would
+    normaliser counts entries above the threshold: a soft teacher's summed probability would
     drown the peaks (MEASURED.md). ``frames`` (B,) bool keeps only those frames.
     """
     z = student_logits.float()
@@ -84,6 +86,10 @@ def soft_regression(
 
     ``sum_bhw w m sum_c c_c SmoothL1(R_S - R_T) / max(sum_bhw w m, eps)``, ``m = [w > thr]``,
     with per-channel weights ``c`` (default 1). ``frames`` (B,) bool keeps only those frames.
+
+    Upstream divides by the number of cells with ``m`` per frame; dividing by the summed
+    confidence instead makes the term a confidence-weighted mean per cell, whose scale does not
+    grow with how sure the teacher is (a deliberate change; METHODS.md gives no divisor).
     """
     weight = teacher_prob.float().sum(dim=1)  # (B, H, W)
     weight = weight * (weight > threshold)

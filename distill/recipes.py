@@ -172,8 +172,11 @@ class CMKD(Recipe):
         if self.d.bev_mask == "gt":
             return self.gt_mask(batch)
         if self.d.bev_mask == "teacher":
-            assert prob is not None
-            return (prob.amax(dim=1, keepdim=True) > self.d.heatmap_threshold).float()
+            assert (
+                prob is not None
+            )  # a frame without a cached heatmap gets no mask (not sigmoid(0))
+            present = batch.targets.present[self.heatmap_field].float().view(-1, 1, 1, 1)
+            return (prob.amax(dim=1, keepdim=True) > self.d.heatmap_threshold).float() * present
         return batch.images.new_ones((batch.size, 1, *self.grid.shape))
 
 

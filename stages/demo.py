@@ -1,5 +1,5 @@
 """Build what a cache config needs, then the embedded demo from an empty folder to a verified,
-drawn teacher store.
+drawn teacher store and the students trained against it, with one results table.
 
 ``prepare_teachers`` generates the synthetic world at ``data.root`` when the config declares
 one (``data.synthetic_preset``) and it is absent, and trains every missing teacher checkpoint
@@ -109,8 +109,9 @@ def demo_config(out: Path) -> Config:
     )
 
 
-def run_demo(out: Path = Path("work/demo")) -> Path:
-    """Data, teachers, store, verification and a picture; returns the store URL."""
+def run_demo(out: Path = Path("work/demo"), students: bool = True) -> Path:
+    """Data, teachers, store, verification, a picture, then (``students``) the baseline and
+    CMKD students and the results table (``out/results.md``); returns the store URL."""
     from bevkd.datasets.dataset import find_frame
     from bevkd.stages.cache_teacher import run as cache
     from bevkd.storage.info import describe
@@ -136,4 +137,25 @@ def run_demo(out: Path = Path("work/demo")) -> Path:
     gt = find_frame(cfg, store.tokens[first]).boxes
     picture = render_frame(store, first, out / "frame0.png", gt_boxes=gt)
     click.echo(f"[demo] wrote {picture}")
+    if students:
+        demo_students(out, cfg)
     return Path(cfg.store.url)
+
+
+def demo_students(out: Path, cfg: Config) -> str:
+    """Train the demo's student arms against the store and print (and save) the table."""
+    import json
+
+    from bevkd.stages.demo_students import results_table, train_students
+
+    teacher = out / "teacher_lidar" / "eval" / "metrics.json"
+    rows = {"LiDAR teacher": json.loads(teacher.read_text())} if teacher.is_file() else {}
+    rows.update(train_students(out, cfg.store.url, cfg.data.root))
+    table = results_table(rows)
+    (out / "results.md").write_text(
+        "# Demo: camera students against the cached LiDAR teacher (nuScenes devkit, val)\n\n"
+        + table
+        + "\n"
+    )
+    click.echo("[demo] val split, nuScenes devkit (one seed each):\n" + table)
+    return table

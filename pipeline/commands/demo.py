@@ -10,11 +10,14 @@ import click
 @click.command("demo")
 @click.option("--out", default="work/demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo writes.")  # fmt: skip
-def command(out: str) -> None:
-    """Write the synthetic world (nuScenes format), train the demo teachers (LiDAR, fusion,
-    label encoder), cache them into OUT/teacher.zarr, verify the store and draw one frame
-    (OUT/frame0.png). Steps whose outputs exist are skipped, so a rerun resumes."""
+@click.option("--skip-students", is_flag=True, help="Stop after stage one (the verified store).")
+def command(out: str, skip_students: bool) -> None:
+    """Write the synthetic world (nuScenes format), train the demo teachers, cache them into
+    OUT/teacher.zarr, verify the store and draw one frame (OUT/frame0.png); then train the
+    camera students against the store (baseline, CMKD, CMKD + unlabeled frames; two at a time)
+    and print one table of teacher and students (mAP, NDS, car AP on val; OUT/results.md).
+    Steps whose outputs exist are skipped, so a rerun resumes."""
     from bevkd.stages.demo import run_demo
 
-    url = run_demo(Path(out))
+    url = run_demo(Path(out), students=not skip_students)
     click.echo(f"[demo] done: {url}")

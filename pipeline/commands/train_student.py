@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from bevkd.pipeline.config import Config
 from bevkd.pipeline.options import config_options, resolve
 
 
 @click.command("train-student")
 @config_options
-def command(config_path: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--build-missing", is_flag=True,
+              help="If student.store does not exist, build it first: the synthetic world, the "
+              "teachers and the cache, as --cache-config says (its data.root and store.url are "
+              "taken from this config).")  # fmt: skip
+@click.option("--cache-config", default="configs/demo/cache.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="The stage-one config --build-missing runs.")  # fmt: skip
+def command(
+    config_path: str | None, overrides: tuple[str, ...], build_missing: bool, cache_config: str
+) -> None:
     """Train a camera BEV student (model.kind camera) with the recipe student.recipe names
     (baseline | cmkd) against the store student.store, then evaluate it on val (nuScenes
     devkit mAP/NDS, or KITTI AP|R40).
@@ -34,10 +45,30 @@ def command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     from bevkd.pipeline.commands.train_teacher import print_metrics
     from bevkd.stages.train_student import run
 
-    result = run(resolve(config_path, overrides))
+    cfg = resolve(config_path, overrides)
+    if build_missing:
+        _build_store(cfg, cache_config)
+    result = run(cfg)
     click.echo(
         f"best checkpoint: {result.checkpoint} (epoch {result.best['epoch']}, "
         f"{result.best['metric']} {result.best['value']:.4f})"
     )
     if result.metrics:
         print_metrics(result.metrics)
+
+
+def _build_store(cfg: Config, cache_config: str) -> None:
+    """Data, teachers and store for ``cfg`` (cache_config's teachers), unless the store exists."""
+    from bevkd.storage.remote import is_local
+
+    if not is_local(cfg.student.store) or Path(cfg.student.store, "zarr.json").is_file():
+        return
+    from bevkd.pipeline.config import load_config
+    from bevkd.stages.cache_teacher import run as cache
+    from bevkd.stages.demo import prepare_teachers
+
+    cache_cfg = load_config(
+        cache_config, [f"data.root={cfg.data.root}", f"store.url={cfg.student.store}"]
+    )
+    click.echo(f"[build] store {cfg.student.store} not found: building it ({cache_config})")
+    cache(prepare_teachers(cache_cfg))

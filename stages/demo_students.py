@@ -1,0 +1,87 @@
+"""The demo's stage two: the baseline and CMKD students trained against the demo store, side
+by side, and one table that says whether distillation paid.
+
+Each arm is a real ``bevkd train-student`` process (its own log in ``<out_dir>/train.out``), at
+most ``parallel`` at once with one torch thread each: on a small CPU machine two single-thread
+runs finish sooner than two runs taking turns on every core. An arm whose final evaluation
+exists is not run again; an interrupted arm resumes from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bevkd.pipeline.errors import BevkdError
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # the table's row
+    config: str  # configs/demo/student_*.yaml
+    folder: str  # under the demo's out folder
+
+
+DEMO_ARMS: tuple[Arm, ...] = (
+    Arm("baseline", "configs/demo/student_baseline.yaml", "student_baseline"),
+    Arm("cmkd", "configs/demo/student_cmkd.yaml", "student_cmkd"),
+    Arm("cmkd + unlabeled", "configs/demo/student_cmkd_unlabeled.yaml", "student_cmkd_unlabeled"),
+)
+
+
+def _metrics(folder: Path) -> dict[str, Any] | None:
+    path = folder / "eval" / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_arm(
+    arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run one arm to completion (or reuse its finished evaluation); returns its metrics."""
+    folder = out / arm.folder
+    if (done := _metrics(folder)) is not None:
+        click.echo(f"[students] {arm.name}: already trained ({folder})")
+        return done
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
+    command = [sys.executable, "-m", "bevkd.pipeline.cli", "train-student", "--config", arm.config]
+    for item in sets:
+        command += ["--set", item]
+    click.echo(f"[students] {arm.name}: training ({arm.config}; log {folder / 'train.out'})")
+    started = time.perf_counter()
+    with (folder / "train.out").open("a") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0 or (metrics := _metrics(folder)) is None:
+        tail = (folder / "train.out").read_text()[-2000:]
+        raise BevkdError(f"student '{arm.name}' failed (exit {code}); the end of its log:\n{tail}")
+    click.echo(
+        f"[students] {arm.name}: {time.perf_counter() - started:.0f} s, "
+        f"mAP {metrics['mAP']:.3f}, NDS {metrics['NDS']:.3f}, car AP {metrics['class_ap']['car']:.3f}"
+    )
+    return metrics
+
+
+def train_students(out: Path, store: str, data_root: str, parallel: int = 2,
+                   arms: tuple[Arm, ...] = DEMO_ARMS, extra: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every arm, ``parallel`` at a time; returns ``{arm name: metrics}`` in arm order."""
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {
+            arm.name: pool.submit(train_arm, arm, out, store, data_root, extra) for arm in arms
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def results_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: one row per model, mAP, NDS and car AP on the val split."""
+    lines = ["| model | mAP | NDS | car AP |", "|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m['mAP']:.3f} | {m['NDS']:.3f} | {m['class_ap']['car']:.3f} |")
+    return "\n".join(lines)
