@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bevkd.pipeline.geometry import BEVGrid
 from bevkd.datasets.cached import StoreFrames
+from bevkd.pipeline.geometry import BEVGrid
 from bevkd.storage.reader import open_store
 from bevkd.storage.testing import (
     demo_contract,

@@ -8,7 +8,8 @@ student and its recipe's loss under AMP autocast on CUDA) and **backward** (back
 clipping, optimizer step), each a median (min-max) over ``--steps`` steps after ``--warmup``
 steps, with CUDA synchronised before every clock read. Two paths share one objective and
 optimizer: **store**, the training path (``CachedTargets`` over ``FrameDataset``, read through a
-DataLoader with ``--workers`` processes and ``collate_student``), and **in RAM**, the same
+DataLoader with ``--workers`` processes and ``collate_student``; each run starts its own
+workers, whose start-up the warm-up absorbs), and **in RAM**, the same
 batches (same keys, samples and targets) collated into a list beforehand, so the data wait is
 ~0: the physical limit. Shared machines drift by tens of percent, so the two run interleaved in
 rounds, the order flipping every round (A B, B A, ...), and each round gives one ratio. Read the

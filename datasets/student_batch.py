@@ -31,6 +31,15 @@ class Targets:
             {k: [b.to(device, non_blocking=True) for b in v] for k, v in self.boxes.items()},
         )
 
+    def pin_memory(self) -> Targets:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory=True``), so the
+        later ``to(device, non_blocking=True)`` overlaps with compute."""
+        return Targets(
+            {k: v.pin_memory() for k, v in self.fields.items()},
+            {k: v.pin_memory() for k, v in self.present.items()},
+            {k: [b.pin_memory() for b in v] for k, v in self.boxes.items()},
+        )
+
     def field(self, name: str) -> torch.Tensor:
         """``fields[name]``, or a KeyError that names what the batch has."""
         if name not in self.fields:
@@ -75,6 +84,17 @@ class StudentBatch:
             img_aug=move(self.img_aug), bev_aug=move(self.bev_aug), depth=move(self.depth),
             gt_boxes=[move(b) for b in self.gt_boxes], gt_labels=[move(b) for b in self.gt_labels],
             targets=self.targets.to(device),
+        )  # fmt: skip
+
+    def pin_memory(self) -> StudentBatch:
+        """Page-locked copies of every tensor (see :meth:`Targets.pin_memory`)."""
+        pin = lambda t: t.pin_memory()  # noqa: E731
+        return StudentBatch(
+            tokens=self.tokens, indices=pin(self.indices), has_label=pin(self.has_label),
+            images=pin(self.images), cam2img=pin(self.cam2img), cam2ego=pin(self.cam2ego),
+            img_aug=pin(self.img_aug), bev_aug=pin(self.bev_aug), depth=pin(self.depth),
+            gt_boxes=[pin(b) for b in self.gt_boxes], gt_labels=[pin(b) for b in self.gt_labels],
+            targets=self.targets.pin_memory(),
         )  # fmt: skip
 
 

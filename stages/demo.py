@@ -94,9 +94,13 @@ def prepare_teachers(cfg: Config) -> Config:
     return cfg
 
 
-def demo_config(out: Path) -> Config:
-    """The demo cache config with every path under ``out``."""
+def demo_config(out: Path, all_teachers: bool = False) -> Config:
+    """The demo cache config with every path under ``out``. By default only the LiDAR teacher
+    (what the demo's baseline and CMKD students read) into ``out/teacher_lidar.zarr``;
+    ``all_teachers``: LiDAR, fusion and label encoder into ``out/teacher.zarr``, the store of
+    ``make cache-teacher``."""
     cfg = load_config(DEMO_CACHE_CONFIG)
+    store = out / ("teacher.zarr" if all_teachers else "teacher_lidar.zarr")
     return with_overrides(
         cfg,
         [
@@ -104,12 +108,25 @@ def demo_config(out: Path) -> Config:
             f"cache.lidar_checkpoint={out / 'teacher_lidar' / 'best.pt'}",
             f"cache.fusion_checkpoint={out / 'teacher_fusion' / 'best.pt'}",
             f"cache.label_encoder_checkpoint={out / 'teacher_label' / 'best.pt'}",
-            f"store.url={out / 'teacher.zarr'}",
+            f"store.url={store}",
+            *([] if all_teachers else ["cache.teachers=[lidar]"]),
         ],
     )
 
 
-def run_demo(out: Path = Path("work/demo"), students: bool = True) -> Path:
+def _finalized(url: str) -> bool:
+    from bevkd.storage.reader import open_store
+    from bevkd.storage.schema import StoreError
+
+    try:
+        return open_store(url).finalized
+    except StoreError:
+        return False
+
+
+def run_demo(
+    out: Path = Path("work/demo"), students: bool = True, all_teachers: bool = False
+) -> Path:
     """Data, teachers, store, verification, a picture, then (``students``) the baseline and
     CMKD students and the results table (``out/results.md``); returns the store URL."""
     from bevkd.datasets.dataset import find_frame
@@ -120,12 +137,15 @@ def run_demo(out: Path = Path("work/demo"), students: bool = True) -> Path:
     from bevkd.storage.verify import VerifyFailed, summarize, verify_store
 
     out = Path(out)
-    cfg = prepare_teachers(demo_config(out))
-    click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
-    result = cache(cfg)
-    click.echo(
-        f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
-    )
+    cfg = prepare_teachers(demo_config(out, all_teachers))
+    if _finalized(cfg.store.url):
+        click.echo(f"[demo] {cfg.store.url} is complete: not cached again")
+    else:
+        click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
+        result = cache(cfg)
+        click.echo(
+            f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
+        )
     report = verify_store(cfg.store.url)
     click.echo(f"[demo] verify: {summarize(report)}")
     if not report.ok:

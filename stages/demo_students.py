@@ -2,8 +2,8 @@
 by side, and one table that says whether distillation paid.
 
 Each arm is a real ``bevkd train-student`` process (its own log in ``<out_dir>/train.out``), at
-most ``parallel`` at once with one torch thread each: on a small CPU machine two single-thread
-runs finish sooner than two runs taking turns on every core. An arm whose final evaluation
+most ``parallel`` at once (all three by default) with one torch thread each: on a small CPU
+machine single-thread runs side by side finish sooner than runs taking turns on every core. An arm whose final evaluation
 exists is not run again; an interrupted arm resumes from its ``last.pt``.
 """
 
@@ -69,7 +69,7 @@ def train_arm(
     return metrics
 
 
-def train_students(out: Path, store: str, data_root: str, parallel: int = 2,
+def train_students(out: Path, store: str, data_root: str, parallel: int = 3,
                    arms: tuple[Arm, ...] = DEMO_ARMS, extra: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every arm, ``parallel`` at a time; returns ``{arm name: metrics}`` in arm order."""
     with ThreadPoolExecutor(max_workers=parallel) as pool:

@@ -142,9 +142,7 @@ class _Logs:
             self.tb.close()
 
 
-def _loss_terms(
-    objective: nn.Module, batch: Any, where: Callable[[], str]
-) -> dict[str, torch.Tensor]:
+def _loss_terms(objective: nn.Module, batch: Any, where: str) -> dict[str, torch.Tensor]:
     try:
         terms: dict[str, torch.Tensor] = objective(batch)
     except NonFiniteLossError as exc:
@@ -162,7 +160,7 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
     returns where the checkpoints went and the validation metrics."""
     t = cfg.train
     out = Path(t.out_dir)
-    model: nn.Module = objective.model
+    model: nn.Module = objective.model  # type: ignore[assignment]
     sampler = EpochBatches(
         len(dataset), t.batch_size, t.seed, True, info.rank, info.world_size, t.grad_accum
     )
@@ -180,7 +178,8 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
     use_amp = t.amp and info.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start_epoch, step, best = 0, 0, {"epoch": 0, "metric": t.best_metric, "value": float("-inf")}
+    best: dict[str, Any] = {"epoch": 0, "metric": t.best_metric, "value": float("-inf")}
+    start_epoch, step = 0, 0
     metrics: dict[str, Any] = {}
     if (out / "last.pt").is_file():  # resume: repeat the interrupted epoch from its start
         state = load_checkpoint(out / "last.pt", map_location=info.device)
@@ -228,7 +227,8 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
             with sync:
                 with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
                     terms = _loss_terms(trained, batch, where)
-                scaler.scale(sum(terms.values()) / t.grad_accum).backward()
+                total = torch.stack([v.float() for v in terms.values()]).sum()
+                scaler.scale(total / t.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() / t.grad_accum
             if not last_micro:

@@ -113,7 +113,10 @@ def test_every_student_config_reads_a_store_its_cache_config_writes() -> None:
         str(p.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("student*.yaml")
     }
     for student_file, cache_file in STUDENT_STORES.items():
-        student, cache = load_config(CONFIG_DIR / student_file), load_config(CONFIG_DIR / cache_file)
+        student, cache = (
+            load_config(CONFIG_DIR / student_file),
+            load_config(CONFIG_DIR / cache_file),
+        )
         assert student.model.kind == "camera", student_file
         assert student.student.store == cache.store.url, student_file
         assert student.grid == cache.grid and student.classes == cache.classes, student_file

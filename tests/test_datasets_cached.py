@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from bevkd.datasets.cached import CachedTargets, Prefetcher, StoreFrames, loader_kwargs
 from bevkd.datasets.frame import Sample
+from bevkd.datasets.student_batch import collate_student
 from bevkd.pipeline.geometry import bev_transform
 from bevkd.storage.augment import transform_field
-from bevkd.datasets.cached import CachedTargets, Prefetcher, StoreFrames, loader_kwargs
-from bevkd.datasets.student_batch import collate_student
 from bevkd.storage.reader import open_store
 from bevkd.storage.testing import small_contract, write_store
 
