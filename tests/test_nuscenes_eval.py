@@ -150,3 +150,37 @@ def test_results_missing_samples_are_a_clear_error(
         run(cfg, path, tmp_path / "out")
     with pytest.raises(DataError, match="not found"):
         run(cfg, tmp_path / "nothing.json", tmp_path / "out")
+
+
+def test_bevkd_metrics_equal_the_plain_devkits(
+    root: Path, val_frames: list[Frame], tmp_path: Path
+) -> None:
+    """A results JSON that bevkd writes (the path every evaluated checkpoint takes) scores the
+    same with the unpatched devkit, reading the split as a custom name from splits.json."""
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    from bevkd.stages.evaluate import detection_config
+
+    rng = np.random.default_rng(0)
+    detections = []
+    for det in _gt_detections(val_frames, keep_every=2):
+        boxes = det.boxes.clone()
+        boxes[:, :2] += torch.from_numpy(rng.normal(0.0, 0.4, (len(boxes), 2)))  # imperfect
+        scores = torch.from_numpy(rng.uniform(0.2, 1.0, len(boxes))).float()
+        detections.append(Detections(boxes, scores, det.labels))
+    results = write_results(detections_to_results(val_frames, detections), tmp_path / "r.json")
+    cfg = Config(data=DataConfig(root=str(root)))
+    ours = run(cfg, results, tmp_path / "bevkd")
+    splits_path = root / "v1.0-trainval" / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits_path.write_text(json.dumps({**splits, "plain_val": splits["val"]}))
+    try:
+        nusc = NuScenes("v1.0-trainval", str(root), verbose=False)
+        plain = DetectionEval(nusc, detection_config(cfg), str(results), "plain_val",
+                              str(tmp_path / "plain"), verbose=False)  # fmt: skip
+        metrics, _ = plain.evaluate()
+    finally:
+        splits_path.write_text(json.dumps(splits))
+    assert 0.05 < ours["mAP"] < 0.95  # a non-trivial score, so equality means something
+    assert metrics.mean_ap == pytest.approx(ours["mAP"], abs=1e-12)
+    assert metrics.nd_score == pytest.approx(ours["NDS"], abs=1e-12)
