@@ -1,1 +1,1 @@
-"""bevkd.distill"""
+"""bevkd.distill: distillation losses (``losses``: pure functions, each citing its formula), recipes (``recipes``: named, weighted terms; the ``RECIPES`` table) and the store contract a student expects (``contract``)."""

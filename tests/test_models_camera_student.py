@@ -1,0 +1,50 @@
+"""The camera student at each shipped config: its BEV scales have the shapes of the store's
+``lidar_bev`` / ``lidar_bev_s2``, its head the teachers' grid, its depth logits the LiDAR
+depth maps' stride; decoding returns boxes per frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bevkd.models.camera_student import build_camera_student
+from bevkd.models.outputs import REGRESSION_CHANNELS
+from bevkd.pipeline.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    "name", ["demo/student_cmkd.yaml", "kitti/student_cmkd.yaml", "nuscenes/student_cmkd.yaml"]
+)
+def test_student_shapes_match_the_store_at_each_config(name: str) -> None:
+    cfg = load_config(CONFIGS / name)
+    torch.manual_seed(0)
+    student = build_camera_student(cfg).eval()
+    height, width = cfg.data.image_size
+    cams = len(cfg.data.cameras)
+
+    class Inputs:  # what the student reads of a StudentBatch
+        images = torch.randn(1, cams, 3, height, width)
+        cam2img = torch.eye(4).repeat(1, cams, 1, 1)
+        cam2ego = torch.eye(4).repeat(1, cams, 1, 1)
+
+    Inputs.cam2img[..., 0, 0] = Inputs.cam2img[..., 1, 1] = 100.0
+    Inputs.cam2img[..., 0, 2], Inputs.cam2img[..., 1, 2] = width / 2, height / 2
+    with torch.no_grad():
+        out = student(Inputs, decode=True)
+    rows, cols = cfg.grid.bev_shape
+    c = cfg.student.bev_channels
+    assert out.features["bev"].shape == (1, c, rows, cols)
+    assert out.features["bev_s2"].shape == (1, 2 * c, rows // 2, cols // 2)
+    assert out.features["camera_bev"].shape == (1, cfg.model.camera_bev_channels, rows, cols)
+    assert out.head.heatmap.shape == (1, len(cfg.classes), rows, cols)
+    assert out.head.regression.shape == (1, len(REGRESSION_CHANNELS), rows, cols)
+    stride = cfg.data.depth_stride
+    assert out.depth_logits.shape[0] == cams and out.depth_logits.shape[-2:] == (
+        height // stride,
+        width // stride,
+    )
+    assert len(out.detections) == 1
