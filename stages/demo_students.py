@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from bevkd.pipeline.config import config_sha256, load_config
 from bevkd.pipeline.errors import BevkdError
 
 
@@ -47,11 +48,18 @@ def train_arm(
 ) -> dict[str, Any]:
     """Run one arm to completion (or reuse its finished evaluation); returns its metrics."""
     folder = out / arm.folder
+    sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
+    wanted = config_sha256(load_config(arm.config, sets))
+    saved = folder / "config.sha256"
+    if saved.is_file() and saved.read_text().strip() != wanted:
+        raise BevkdError(
+            f"{folder} holds a run of another config than {arm.config} with the demo's settings "
+            "(the config changed since): remove that folder to train it again"
+        )
     if (done := _metrics(folder)) is not None:
         click.echo(f"[students] {arm.name}: already trained ({folder})")
         return done
     folder.mkdir(parents=True, exist_ok=True)
-    sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
     command = [sys.executable, "-m", "bevkd.pipeline.cli", "train-student", "--config", arm.config]
     for item in sets:
         command += ["--set", item]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from bevkd.datasets.sampler import EpochBatches
 from bevkd.models.checkpoint import load_checkpoint, save_checkpoint
 from bevkd.models.targets import NonFiniteLossError
-from bevkd.pipeline.config import Config
+from bevkd.pipeline.config import Config, config_sha256, to_dict
 from bevkd.pipeline.distributed import DistInfo, all_reduce_mean
 from bevkd.pipeline.errors import BevkdError
 
@@ -80,7 +80,10 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any] | torch.Tensor) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints before the shared loop kept torch's only
+        torch.set_rng_state(state)
+        return
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -92,6 +95,32 @@ def _objective_rest(objective: nn.Module) -> dict[str, Any]:
     """The objective's state beyond its ``model`` (recipe adaptors); ``model`` is saved apart,
     in the format every checkpoint reader knows."""
     return {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {
+            k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()
+        }
+    return {prefix[:-1]: data}
+
+
+def check_same_config(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint written under another config: the schedule, the data
+    and the weights would silently mix two experiments. ``train.out_dir`` may differ."""
+    if state.get("config_sha256") == config_sha256(cfg):
+        return
+    old, new = _flat(state["config"]), _flat(to_dict(cfg))
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and k != "train.out_dir"
+    ]
+    if changed:
+        raise BevkdError(
+            f"{path} was written by another config ({'; '.join(changed[:6])}); rerun with the "
+            "config that started it to resume, or give a new train.out_dir"
+        )
 
 
 class _Logs:
@@ -183,19 +212,16 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
     metrics: dict[str, Any] = {}
     if (out / "last.pt").is_file():  # resume: repeat the interrupted epoch from its start
         state = load_checkpoint(out / "last.pt", map_location=info.device)
+        check_same_config(state, cfg, out / "last.pt")
         objective.load_state_dict(
-            {**{f"model.{k}": v for k, v in state["model"].items()}, **state["objective"]}
+            {**{f"model.{k}": v for k, v in state["model"].items()}, **state.get("objective", {})}
         )
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start_epoch, step, best, metrics = (
-            state["epoch"] + 1,
-            state["step"],
-            state["best"],
-            state["metrics"],
-        )
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best, metrics = state.get("best", best), state.get("metrics", {})
     ddp = info.enabled
     trained: nn.Module = objective
     if ddp:
