@@ -53,7 +53,7 @@ def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detectio
     for frame, det in list(zip(frames, detections, strict=True))[:count]:
         boxes, scores, labels = det.boxes.numpy(), det.scores.numpy(), det.labels.numpy()
         teacher = None
-        if store is not None and frame.token in store._index:
+        if store is not None and frame.token in store:
             teacher = store.read_frame(frame.token, ["boxes"])["boxes"]
         stem = Path(out_dir) / f"frame_{frame.token[:12]}"
         title = f"{frame.token} ({frame.split})"

@@ -52,7 +52,7 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
     if store is None:
         say(f"[train-student] {labelled} labelled + {len(frames) - labelled} unlabelled frames")
         return frames
-    absent = [f.token for f in frames if f.token not in store._index]
+    absent = [f.token for f in frames if f.token not in store]
     if absent:
         raise BevkdError(
             f"store {store.url} has no entry for {len(absent)} of the {len(frames)} training frames "

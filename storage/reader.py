@@ -124,6 +124,10 @@ class TeacherStore:
         marked = layout.marked_shards(self._group.store)
         return np.array([s in marked for s in range(self.num_shards)], dtype=bool)
 
+    def __contains__(self, token: object) -> bool:
+        """Whether a frame with this token is in the store."""
+        return token in self._index
+
     def index_of(self, token: str) -> int:
         try:
             return self._index[token]
