@@ -60,8 +60,13 @@ def test_arms_train_side_by_side_and_a_rerun_reuses_them(
     assert table.splitlines()[0] == "| model | mAP | NDS | car AP |"
     assert "| cmkd + unlabeled |" in table
     started = time.perf_counter()
-    assert train_students(tmp_path, str(url), str(root), arms=arms) == rows  # finished: reused
-    assert time.perf_counter() - started < 5.0
+    again = train_students(tmp_path, str(url), str(root), arms=arms, extra=tuple(TINY_STUDENT))
+    assert again == rows and time.perf_counter() - started < 5.0  # finished: reused, not rerun
+    # A folder trained under another config is not passed off as this config's result.
+    with pytest.raises(BevkdError, match="holds a run of another config"):
+        train_students(
+            tmp_path, str(url), str(root), arms=arms[:1], extra=(*TINY_STUDENT, "train.lr=0.1")
+        )
 
 
 def test_a_failing_arm_raises_with_the_end_of_its_log(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nuscenes_copy import private_copy
 from PIL import Image
 
 from bevkd.datasets.dataset import load_frames
@@ -23,9 +24,11 @@ ORANGE = (255, 165, 0)
 
 
 @pytest.fixture(scope="module")
-def frame(tiny_nuscenes: Path) -> Frame:
-    """A real labelled val frame of the synthetic nuScenes dataset (6 cameras)."""
-    frames = load_frames(load_config(None, [f"data.root={tiny_nuscenes}"]), "val")
+def frame(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Frame:
+    """A real labelled val frame of the synthetic nuScenes dataset (6 cameras), read from a
+    private copy (indexing writes into the root; the session fixture must stay as generated)."""
+    root = private_copy(tiny_nuscenes, tmp_path_factory.mktemp("draw"))
+    frames = load_frames(load_config(None, [f"data.root={root}"]), "val")
     labelled = [f for f in frames if f.has_label and len(f.boxes)]
     assert labelled, "the tiny dataset should have a labelled val frame"
     return labelled[0]
