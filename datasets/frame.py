@@ -7,7 +7,10 @@ ego/BEV frame of :mod:`bevkd.pipeline.geometry`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self, TypeVar
 
 import numpy as np
 import torch
@@ -121,26 +124,35 @@ class Batch:
     gt_labels: list[torch.Tensor]
     depth: torch.Tensor
 
-    def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            tokens=self.tokens,
-            indices=move(self.indices),
-            has_label=move(self.has_label),
-            images=move(self.images),
-            cam2img=move(self.cam2img),
-            cam2ego=move(self.cam2ego),
-            img_aug=move(self.img_aug),
-            bev_aug=move(self.bev_aug),
-            points=move(self.points),
-            gt_boxes=[move(b) for b in self.gt_boxes],
-            gt_labels=[move(b) for b in self.gt_labels],
-            depth=move(self.depth),
-        )
+    def to(self, device: torch.device | str) -> Self:
+        return map_tensors(self, lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Self:
+        """Page-locked copies (what a DataLoader with ``pin_memory=True`` calls), so that
+        ``to(device, non_blocking=True)`` overlaps with compute."""
+        return map_tensors(self, lambda t: t.pin_memory())
 
     @property
     def size(self) -> int:
         return len(self.tokens)
+
+
+T = TypeVar("T")
+
+
+def map_tensors(obj: T, fn: Callable[[torch.Tensor], torch.Tensor]) -> T:
+    """``obj`` with ``fn`` applied to every tensor in it: through dataclass fields, dicts,
+    lists and tuples; anything else (tokens, numbers) is kept as it is."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)  # type: ignore[return-value]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        values = {f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)}
+        return type(obj)(**values)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}  # type: ignore[return-value]
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)  # type: ignore[return-value]
+    return obj
 
 
 def collate(samples: list[Sample]) -> Batch:

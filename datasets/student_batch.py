@@ -1,14 +1,15 @@
-"""What one student step consumes, typed: :class:`StudentBatch` (inputs, GT, ``has_label``)
-with :class:`Targets` (the store fields, already moved by each sample's BEV augmentation)."""
+"""What one student step consumes, typed: :class:`StudentBatch`, a dataset batch (inputs, GT,
+``has_label``, points for a teacher run inside the step) with :class:`Targets` (the store
+fields, already moved by each sample's BEV augmentation)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 
-from bevkd.datasets.frame import Sample
+from bevkd.datasets.frame import Batch, Sample, collate
 
 
 @dataclass
@@ -20,25 +21,9 @@ class Targets:
     of box rows (9 box values, score, label), empty where absent.
     """
 
-    fields: dict[str, torch.Tensor]
-    present: dict[str, torch.Tensor]
-    boxes: dict[str, list[torch.Tensor]]
-
-    def to(self, device: torch.device | str) -> Targets:
-        return Targets(
-            {k: v.to(device, non_blocking=True) for k, v in self.fields.items()},
-            {k: v.to(device, non_blocking=True) for k, v in self.present.items()},
-            {k: [b.to(device, non_blocking=True) for b in v] for k, v in self.boxes.items()},
-        )
-
-    def pin_memory(self) -> Targets:
-        """Page-locked copies (the DataLoader calls this with ``pin_memory=True``), so the
-        later ``to(device, non_blocking=True)`` overlaps with compute."""
-        return Targets(
-            {k: v.pin_memory() for k, v in self.fields.items()},
-            {k: v.pin_memory() for k, v in self.present.items()},
-            {k: [b.pin_memory() for b in v] for k, v in self.boxes.items()},
-        )
+    fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+    boxes: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def field(self, name: str) -> torch.Tensor:
         """``fields[name]``, or a KeyError that names what the batch has."""
@@ -48,54 +33,13 @@ class Targets:
 
 
 @dataclass
-class StudentBatch:
-    """One step's frames. For ``B`` frames of ``K`` cameras:
+class StudentBatch(Batch):
+    """One step's frames: a dataset :class:`~bevkd.datasets.frame.Batch` (images, ``cam2img``,
+    ``cam2ego``, LiDAR depth maps, points, GT boxes and labels, ``has_label``: GT terms apply
+    only where it is True) plus ``targets``, the cached teacher fields moved by each frame's BEV
+    augmentation (:class:`Targets`). ``to`` and ``pin_memory`` move the targets too."""
 
-    - ``images`` (B, K, 3, H, W) normalised; ``cam2img``, ``cam2ego`` (B, K, 4, 4) of the
-      network input and the augmented ego frame; ``img_aug`` (B, K, 4, 4); ``bev_aug`` (B, 4, 4);
-    - ``depth`` (B, K, H/s, W/s) LiDAR depth in metres (0 = no return);
-    - ``gt_boxes`` B tensors (N_b, 9) and ``gt_labels`` B tensors (N_b,), empty without labels;
-    - ``has_label`` (B,) bool: GT terms apply only where it is True;
-    - ``targets``: the cached teacher fields (:class:`Targets`).
-    """
-
-    tokens: list[str]
-    indices: torch.Tensor
-    has_label: torch.Tensor
-    images: torch.Tensor
-    cam2img: torch.Tensor
-    cam2ego: torch.Tensor
-    img_aug: torch.Tensor
-    bev_aug: torch.Tensor
-    depth: torch.Tensor
-    gt_boxes: list[torch.Tensor]
-    gt_labels: list[torch.Tensor]
-    targets: Targets
-
-    @property
-    def size(self) -> int:
-        return len(self.tokens)
-
-    def to(self, device: torch.device | str) -> StudentBatch:
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return StudentBatch(
-            tokens=self.tokens, indices=move(self.indices), has_label=move(self.has_label),
-            images=move(self.images), cam2img=move(self.cam2img), cam2ego=move(self.cam2ego),
-            img_aug=move(self.img_aug), bev_aug=move(self.bev_aug), depth=move(self.depth),
-            gt_boxes=[move(b) for b in self.gt_boxes], gt_labels=[move(b) for b in self.gt_labels],
-            targets=self.targets.to(device),
-        )  # fmt: skip
-
-    def pin_memory(self) -> StudentBatch:
-        """Page-locked copies of every tensor (see :meth:`Targets.pin_memory`)."""
-        pin = lambda t: t.pin_memory()  # noqa: E731
-        return StudentBatch(
-            tokens=self.tokens, indices=pin(self.indices), has_label=pin(self.has_label),
-            images=pin(self.images), cam2img=pin(self.cam2img), cam2ego=pin(self.cam2ego),
-            img_aug=pin(self.img_aug), bev_aug=pin(self.bev_aug), depth=pin(self.depth),
-            gt_boxes=[pin(b) for b in self.gt_boxes], gt_labels=[pin(b) for b in self.gt_labels],
-            targets=self.targets.pin_memory(),
-        )  # fmt: skip
+    targets: Targets = field(default_factory=Targets)
 
 
 def collate_targets(targets: list[dict[str, torch.Tensor]]) -> Targets:
@@ -117,24 +61,6 @@ def collate_targets(targets: list[dict[str, torch.Tensor]]) -> Targets:
 
 def collate_student(items: list[tuple[Sample, dict[str, torch.Tensor]]]) -> StudentBatch:
     """DataLoader ``collate_fn`` for :class:`bevkd.datasets.cached.CachedTargets` items."""
-    samples = [s for s, _ in items]
-    return StudentBatch(
-        tokens=[s.token for s in samples],
-        indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        has_label=torch.tensor([s.has_label for s in samples], dtype=torch.bool),
-        images=torch.stack([s.images for s in samples]),
-        cam2img=torch.stack([s.cam2img for s in samples]),
-        cam2ego=torch.stack([s.cam2ego for s in samples]),
-        img_aug=torch.stack([s.img_aug for s in samples]),
-        bev_aug=torch.stack([s.bev_aug for s in samples]),
-        depth=torch.stack([s.depth for s in samples]),
-        gt_boxes=[s.gt_boxes for s in samples],
-        gt_labels=[s.gt_labels for s in samples],
-        targets=collate_targets([t for _, t in items]),
-    )
-
-
-def samples_only(items: list[Any]) -> Any:
-    """Collate for a loader of plain samples (no store): a :class:`StudentBatch` whose targets
-    are empty (what baseline students and evaluation read)."""
-    return collate_student([(s, {}) for s in items])
+    batch = collate([s for s, _ in items])
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return StudentBatch(**fields, targets=collate_targets([t for _, t in items]))

@@ -90,21 +90,20 @@ MODEL_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
 }
 
 
-def build_model(cfg: Config) -> nn.Module:
-    """Build the teacher or student named by ``cfg.model.kind``."""
-    builder = MODEL_BUILDERS.get(cfg.model.kind)
+def _build(table: dict[str, Callable[[Config], nn.Module]], cfg: Config, what: str) -> nn.Module:
+    builder = table.get(cfg.model.kind)
     if builder is None:
         raise ConfigError(
-            f"model.kind '{cfg.model.kind}' is unknown; known kinds: {sorted(MODEL_BUILDERS)}"
+            f"model.kind '{cfg.model.kind}' has no {what} builder; known kinds: {sorted(table)}"
         )
     return builder(cfg)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """Build the teacher or student named by ``cfg.model.kind``."""
+    return _build(MODEL_BUILDERS, cfg, "model")
 
 
 def build_teacher(cfg: Config) -> nn.Module:
     """Build the teacher named by ``cfg.model.kind``."""
-    builder = TEACHER_BUILDERS.get(cfg.model.kind)
-    if builder is None:
-        raise ConfigError(
-            f"model.kind '{cfg.model.kind}' has no teacher builder; known kinds: {sorted(TEACHER_BUILDERS)}"
-        )
-    return builder(cfg)
+    return _build(TEACHER_BUILDERS, cfg, "teacher")

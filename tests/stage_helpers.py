@@ -70,12 +70,25 @@ def cache_config(
     )
 
 
+def cached_world(source: Path, base: Path, *overrides: str) -> tuple[Path, tuple[Path, Path], Path]:
+    """A private copy of ``source`` under ``base``, tiny random teachers, and a real store
+    cached from them (``overrides`` on :func:`cache_config`): (root, teachers, store path)."""
+    from bevkd.stages import cache_teacher
+
+    root = copy_dataset(source, base / "data")
+    teachers = make_teachers(root, base / "teachers")
+    url = base / "store.zarr"
+    cache_teacher.run(cache_config(root, teachers, url, *overrides))
+    return root, teachers, url
+
+
 def lidar_files(root: Path) -> list[Path]:
     return sorted((root / "samples" / "LIDAR_TOP").glob("*.pcd.bin"))
 
 
 __all__ = [
     "cache_config",
+    "cached_world",
     "copy_dataset",
     "lidar_files",
     "make_teachers",

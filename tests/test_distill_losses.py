@@ -313,6 +313,7 @@ def make_batch(
         cam2ego=cam2ego.expand(b, 1, 4, 4).clone(),
         img_aug=torch.eye(4).expand(b, 1, 4, 4).clone(),
         bev_aug=torch.eye(4).expand(b, 4, 4).clone(),
+        points=torch.zeros(0, 6),
         depth=depth,
         gt_boxes=[t([BOX]) for _ in range(b)],
         gt_labels=[torch.tensor([0]) for _ in range(b)],

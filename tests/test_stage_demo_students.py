@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stage_helpers import SMALL_MODEL, cache_config, copy_dataset, make_teachers
+from stage_helpers import SMALL_MODEL, cached_world
 
 from bevkd.pipeline.errors import BevkdError
 from bevkd.stages.demo_students import Arm, results_table, train_students
@@ -26,13 +26,9 @@ TINY_STUDENT = [
 
 @pytest.fixture(scope="module")
 def world(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from bevkd.stages import cache_teacher
-
-    tmp = tmp_path_factory.mktemp("demo_students")
-    root = copy_dataset(tiny_nuscenes, tmp / "data")
-    url = tmp / "store.zarr"
-    teachers = make_teachers(root, tmp / "teachers")
-    cache_teacher.run(cache_config(root, teachers, url, "cache.teachers=[lidar]"))
+    root, _, url = cached_world(
+        tiny_nuscenes, tmp_path_factory.mktemp("demo_students"), "cache.teachers=[lidar]"
+    )
     return root, url
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from stage_helpers import cache_config, copy_dataset, make_teachers, small_config
+from stage_helpers import cache_config, cached_world, copy_dataset, small_config
 
 from bevkd.datasets.cached import CachedTargets
 from bevkd.datasets.dataset import FrameDataset, load_frames
@@ -26,10 +26,7 @@ from bevkd.storage.schema import ContractMismatch
 @pytest.fixture(scope="module")
 def world(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("student_world")
-    root = copy_dataset(tiny_nuscenes, base / "data")
-    teachers = make_teachers(root, base / "teachers")
-    url = base / "store.zarr"
-    cache_teacher.run(cache_config(root, teachers, url, "cache.splits=[train, val, unlabeled]"))
+    root, teachers, url = cached_world(tiny_nuscenes, base, "cache.splits=[train, val, unlabeled]")
     assert "unlabeled" in open_store(str(url)).splits  # the tiny preset has unlabeled sweeps
     return {"base": base, "root": root, "teachers": teachers, "url": str(url)}
 

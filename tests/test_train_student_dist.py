@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_helpers import cache_config, copy_dataset, make_teachers, small_config
+from stage_helpers import cached_world, small_config
 
 from bevkd.models.builders import build_student
 from bevkd.models.checkpoint import checkpoint_config, load_checkpoint
@@ -36,13 +36,9 @@ STEPS_PER_EPOCH = 3  # 6 training frames (3 labelled, 3 unlabelled), 2 frames pe
 @pytest.fixture(scope="module")
 def world(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A private dataset copy and a real store cached by a tiny random LiDAR teacher."""
-    from bevkd.stages import cache_teacher
-
-    base = tmp_path_factory.mktemp("student_dist")
-    root = copy_dataset(tiny_nuscenes, base / "data")
-    teachers = make_teachers(root, base / "teachers")
-    store = base / "store.zarr"
-    cache_teacher.run(cache_config(root, teachers, store, "cache.teachers=[lidar]"))
+    root, _, store = cached_world(
+        tiny_nuscenes, tmp_path_factory.mktemp("student_dist"), "cache.teachers=[lidar]"
+    )
     return {"root": root, "store": store}
 
 
