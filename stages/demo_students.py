@@ -28,13 +28,15 @@ from bevkd.pipeline.errors import BevkdError
 class Arm:
     name: str  # the table's row
     config: str  # configs/demo/student_*.yaml
-    folder: str  # under the demo's out folder
+    # under the demo's out folder: not the config's own train.out_dir, which `make
+    # train-student` uses with the full store
+    folder: str
 
 
 DEMO_ARMS: tuple[Arm, ...] = (
-    Arm("baseline", "configs/demo/student_baseline.yaml", "student_baseline"),
-    Arm("cmkd", "configs/demo/student_cmkd.yaml", "student_cmkd"),
-    Arm("cmkd + unlabeled", "configs/demo/student_cmkd_unlabeled.yaml", "student_cmkd_unlabeled"),
+    Arm("baseline", "configs/demo/student_baseline.yaml", "students/baseline"),
+    Arm("cmkd", "configs/demo/student_cmkd.yaml", "students/cmkd"),
+    Arm("cmkd + unlabeled", "configs/demo/student_cmkd_unlabeled.yaml", "students/cmkd_unlabeled"),
 )
 
 
