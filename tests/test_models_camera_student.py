@@ -48,3 +48,20 @@ def test_student_shapes_match_the_store_at_each_config(name: str) -> None:
         width // stride,
     )
     assert len(out.detections) == 1
+
+
+def test_phase_two_starts_from_the_phase_one_student(tmp_path: Path) -> None:
+    """CMKD's phase 2 (``student.init_from``) copies every weight of the phase-1 checkpoint."""
+    from bevkd.models.checkpoint import init_from_checkpoint, save_checkpoint
+
+    cfg = load_config(CONFIGS / "demo/student_cmkd.yaml", ["distill.response=false"])
+    torch.manual_seed(0)
+    phase1 = build_camera_student(cfg)
+    path = save_checkpoint(tmp_path / "phase1.pt", phase1, cfg)
+    torch.manual_seed(1)
+    phase2 = build_camera_student(cfg)
+    assert not torch.equal(phase2.head.shared[0].weight, phase1.head.shared[0].weight)
+    copied, skipped = init_from_checkpoint(phase2, "camera", path)
+    assert skipped == 0 and copied == len(phase1.state_dict())
+    for key, value in phase1.state_dict().items():
+        assert torch.equal(phase2.state_dict()[key], value), key
