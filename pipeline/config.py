@@ -21,13 +21,32 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bevkd.pipeline.geometry import NUSCENES_CLASSES
+from bevkd.pipeline.geometry import NUSCENES_CLASSES, REGRESSION_CHANNELS
+
+TEACHER_KINDS = ("lidar", "fusion", "label_encoder")
+MODEL_KINDS = (*TEACHER_KINDS, "camera")
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be resolved; the message names the key and file."""
+
+
+def _choice(key: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    """Fail at load, not later, when a choice field holds something its readers don't know."""
+    choices = tuple(choices)
+    if value not in choices:
+        hint = _suggest(str(value), [str(c) for c in choices])
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
+
+
+def _choices(key: str, values: typing.Sequence[Any], choices: typing.Iterable[Any]) -> None:
+    """Every entry of a list field is a valid choice, and none repeats."""
+    for value in values:
+        _choice(key, value, choices)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key}: {list(values)} names an entry twice")
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,6 +92,17 @@ class DataConfig:
     # KITTI only: image pixels per real-KITTI pixel (375-px-high images = 1.0); scales the
     # AP|R40 2D-height difficulty thresholds (40/25/25 px) for exports at another resolution
     kitti_pixel_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("data.format", self.format, ("nuscenes", "kitti"))
+        _choice("data.bev_flip", self.bev_flip, ("", "x", "y", "xy", "yx"))
+        if not self.cameras:
+            raise ConfigError("data.cameras: name at least one camera")
+        if min(self.image_size) <= 0 or self.lidar_sweeps < 1 or self.depth_stride < 1:
+            raise ConfigError(
+                f"data.image_size {list(self.image_size)}, lidar_sweeps {self.lidar_sweeps} and "
+                f"depth_stride {self.depth_stride} must be positive"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,6 +165,10 @@ class ModelConfig:
     checkpoint: str = ""  # a teacher checkpoint to load (label encoder: the frozen LiDAR teacher)
     init_from: str = ""  # a trained teacher whose matching weights initialise this one (fusion <- lidar, as BEVFusion)
 
+    def __post_init__(self) -> None:
+        _choice("model.kind", self.kind, MODEL_KINDS)
+        _choice("model.lidar_encoder", self.lidar_encoder, ("voxel", "pillar"))
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -150,6 +184,13 @@ class HeadConfig:
     # per-channel L1 weights in REGRESSION_CHANNELS order (CenterPoint: velocity at 0.2)
     code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
     pre_nms_top_k: int = 500  # candidates taken from the heatmap peaks before NMS
+
+    def __post_init__(self) -> None:
+        if len(self.code_weights) != len(REGRESSION_CHANNELS):
+            raise ConfigError(
+                f"head.code_weights has {len(self.code_weights)} values; it needs one per "
+                f"regression channel ({', '.join(REGRESSION_CHANNELS)})"
+            )
 
 
 @dataclass(frozen=True)
@@ -218,6 +259,20 @@ class CacheConfig:
     retries: int = 2
     max_frames: int = 0  # 0 = all
 
+    def __post_init__(self) -> None:
+        _choices("cache.teachers", self.teachers, TEACHER_KINDS)
+        if not self.teachers:
+            raise ConfigError(f"cache.teachers: name at least one of {list(TEACHER_KINDS)}")
+        _choices("cache.splits", self.splits, ("train", "val", "unlabeled"))
+        _choice("cache.heatmap_as", self.heatmap_as, ("probabilities", "logits"))
+        _choices("cache.lidar_bev_scales", self.lidar_bev_scales, (1, 2))
+        for teacher, _ in self.teacher_configs:
+            _choice("cache.teacher_configs", teacher, TEACHER_KINDS)
+        if self.max_frames < 0:
+            raise ConfigError(
+                f"cache.max_frames: {self.max_frames}; use 0 for every frame or a positive count"
+            )
+
 
 @dataclass(frozen=True)
 class StudentConfig:
@@ -258,6 +313,12 @@ class DistillConfig:
     regression_threshold: float = 0.1  # cells whose summed teacher probability exceeds it
     # the teacher fields: lidar (heatmap, box_regression) or fusion (fusion_heatmap, ...)
     teacher: str = "lidar"
+
+    def __post_init__(self) -> None:
+        _choice("distill.mode", self.mode, ("gt+kd", "kd"))
+        _choice("distill.bev_mask", self.bev_mask, ("none", "teacher", "gt"))
+        _choice("distill.teacher", self.teacher, ("lidar", "fusion"))
+        _choices("distill.bev_scales", self.bev_scales, (1, 2))
 
 
 @dataclass(frozen=True)
@@ -392,6 +453,23 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last one silently, so a config could hold two values of one setting)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: key '{key}' is given twice in one "
+                    f"mapping (first on line {seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Resolve defaults < YAML file < overrides into a frozen :class:`Config`."""
     delta: dict[str, Any] = {}
@@ -400,7 +478,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):

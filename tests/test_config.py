@@ -132,3 +132,41 @@ def test_every_student_config_reads_a_store_its_cache_config_writes() -> None:
         teacher_cfg = load_config(CONFIG_DIR.parent / dict(cache.cache.teacher_configs)["lidar"])
         if "lidar_bev" in expects:
             assert student.student.bev_channels == teacher_cfg.model.bev_channels, student_file
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.kind=lidarr", r"model\.kind: 'lidarr' is not one of .*did you mean 'lidar'"),
+        ("model.lidar_encoder=dense", r"model\.lidar_encoder: 'dense'"),
+        ("data.format=kiti", r"data\.format: 'kiti' is not one of \['nuscenes', 'kitti'\]"),
+        ("data.bev_flip=z", r"data\.bev_flip: 'z'"),
+        ("head.code_weights=[1, 2]", r"head\.code_weights has 2 values; it needs one per"),
+        ("cache.teachers=[lidr]", r"cache\.teachers: 'lidr' .*did you mean 'lidar'"),
+        (
+            "cache.teachers=[lidar, lidar]",
+            r"cache\.teachers: \['lidar', 'lidar'\] names an entry twice",
+        ),
+        ("cache.heatmap_as=logit", r"cache\.heatmap_as: 'logit' .*did you mean 'logits'"),
+        ("cache.splits=[train, test]", r"cache\.splits: 'test'"),
+        ("cache.lidar_bev_scales=[1, 4]", r"cache\.lidar_bev_scales: 4"),
+        ("cache.max_frames=-1", r"cache\.max_frames: -1; use 0 for every frame"),
+        ("distill.mode=gt", r"distill\.mode: 'gt'"),
+        ("distill.bev_mask=fg", r"distill\.bev_mask: 'fg'"),
+    ],
+)
+def test_choice_fields_are_checked_when_the_config_loads(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 2\n  lr: 0.1\n  epochs: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml: line 4: key 'epochs' is given twice .*line 2"
+    ):
+        load_config(path)
+    path.write_text("train:\n  epochs: 2\nmodel:\n  epochs: 3\n")  # same key, other mappings: fine
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.epochs'"):
+        load_config(path)

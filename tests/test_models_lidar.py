@@ -184,11 +184,13 @@ def test_teacher_shapes_at_the_demo_config(encoder: str) -> None:
     torch.testing.assert_close(again.heatmap, out.head.heatmap)
 
 
-def test_builders_reject_unknown_kinds() -> None:
-    with pytest.raises(ConfigError, match=r"model\.kind 'nope'"):
-        build_teacher(dataclasses.replace(Config(), model=ModelConfig(kind="nope")))
-    with pytest.raises(ConfigError, match="lidar_encoder 'dense'"):
-        build_teacher(dataclasses.replace(Config(), model=ModelConfig(lidar_encoder="dense")))
+def test_unknown_kinds_are_rejected_at_load_and_students_are_no_teachers() -> None:
+    with pytest.raises(ConfigError, match=r"model\.kind: 'nope' is not one of"):
+        ModelConfig(kind="nope")
+    with pytest.raises(ConfigError, match=r"model\.lidar_encoder: 'dense' is not one of"):
+        ModelConfig(lidar_encoder="dense")
+    with pytest.raises(ConfigError, match=r"model\.kind 'camera' has no teacher builder"):
+        build_teacher(dataclasses.replace(Config(), model=ModelConfig(kind="camera")))
 
 
 # --------------------------------------------------------------------------------------------
