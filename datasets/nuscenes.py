@@ -8,8 +8,9 @@ frame in the :mod:`bevkd.pipeline.geometry` convention.
 Splits: ``<root>/<version>/splits.json`` (``{"train": [scene names], "val": [...],
 "unlabeled": [...]}``) when present, else the devkit's official scene splits of the version
 (trainval: train, val; mini: mini_train, mini_val; test: test), with the first one's sweeps
-as ``unlabeled``. ``unlabeled`` frames are the LIDAR_TOP sweeps
-(``is_key_frame`` false) of those scenes, each with the nearest camera image per channel.
+as ``unlabeled``. The split that ``data.unlabeled_split`` names holds the LIDAR_TOP sweeps
+(``is_key_frame`` false) of its scenes, each with the nearest camera image per channel; every
+other split holds labelled keyframes.
 """
 
 from __future__ import annotations
@@ -211,8 +212,12 @@ def _scene_name(nusc: Any, scene_token: str) -> str:
     return str(nusc.get("scene", scene_token)["name"])
 
 
-def build_tables(nusc: Any, splits: dict[str, list[str]]) -> dict[str, Any]:
-    """The index body: normalised tables plus frame records per split (JSON-ready)."""
+def build_tables(
+    nusc: Any, splits: dict[str, list[str]], sweep_split: str = "unlabeled"
+) -> dict[str, Any]:
+    """The index body: normalised tables plus frame records per split (JSON-ready). The split
+    named ``sweep_split`` (``data.unlabeled_split``) holds its scenes' LiDAR sweeps, unlabelled;
+    every other split their labelled keyframes."""
     builder = _Builder(nusc)
     scene_of_name = {s["name"]: s for s in nusc.scene}
     frames: dict[str, list[dict]] = {}
@@ -222,11 +227,12 @@ def build_tables(nusc: Any, splits: dict[str, list[str]]) -> dict[str, Any]:
             raise DataError(
                 f"split '{split}' names scenes that are not in the dataset: {unknown[:5]}"
             )
-        if split == "unlabeled":
+        if split == sweep_split:
             frames[split] = _sweep_records(builder, [scene_of_name[n] for n in names])
         else:
             frames[split] = _keyframe_records(builder, [scene_of_name[n] for n in names])
     return {
+        "sweep_split": sweep_split,
         "ego_poses": builder.ego_poses,
         "calibrations": builder.calibrations,
         "sample_data": builder.sample_data,

@@ -83,7 +83,8 @@ class FrameIndex:
         return {split: len(records) for split, records in self.body["frames"].items()}
 
     def frames(self, split: str) -> list[Frame]:
-        """All frames of ``split`` ("train", "val": labeled keyframes; "unlabeled": sweeps)."""
+        """All frames of ``split``: labelled keyframes, or the sweeps of the index's
+        ``sweep_split`` (``data.unlabeled_split`` when it was built)."""
         if split not in self.body["frames"]:
             raise DataError(
                 f"{self.root}: no split '{split}' in the index (splits: {', '.join(self.splits)})"
@@ -154,11 +155,15 @@ class FrameIndex:
         )
 
 
-def build_index(root: str | Path, version: str) -> dict[str, Any]:
-    """Read the tables through the devkit and return the index body (JSON-ready)."""
+def build_index(root: str | Path, version: str, sweep_split: str = "unlabeled") -> dict[str, Any]:
+    """Read the tables through the devkit and return the index body (JSON-ready); the split
+    ``sweep_split`` holds sweeps (see :func:`bevkd.datasets.nuscenes.build_tables`)."""
     start = time.perf_counter()
     nusc = open_nuscenes(root, version)
-    body = build_tables(nusc, read_splits(root, version))
+    splits = read_splits(root, version)
+    if sweep_split not in splits and not (Path(root) / version / SPLITS_FILE).is_file():
+        splits[sweep_split] = splits.pop("unlabeled")  # the official splits' sweeps, renamed
+    body = build_tables(nusc, splits, sweep_split)
     body.update(
         schema_version=INDEX_SCHEMA_VERSION,
         dataset="nuscenes",
@@ -210,9 +215,10 @@ def load_index(data: DataConfig, rebuild: bool = False) -> FrameIndex:
                 and body.get("schema_version") == INDEX_SCHEMA_VERSION
                 and body.get("version") == data.version
                 and body.get("fingerprint") == fingerprint
+                and body.get("sweep_split", "unlabeled") == data.unlabeled_split
             ):
                 return FrameIndex(root, body, path)
-    body = build_index(root, data.version)
+    body = build_index(root, data.version, data.unlabeled_split)
     for path in locations:
         if _write(path, body):
             return FrameIndex(root, body, path)

@@ -17,6 +17,7 @@ from pyquaternion import Quaternion
 from bevkd.datasets.loading import load_points
 from bevkd.datasets.nuscenes_index import INDEX_FILE, INDEX_SCHEMA_VERSION, FrameIndex, load_index
 from bevkd.pipeline.config import DataConfig
+from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import NUSCENES_CLASSES, transform_points
 
 VERSION = "v1.0-trainval"
@@ -183,3 +184,27 @@ def test_frames_survive_the_json_round_trip(index: FrameIndex, root: Path) -> No
             if isinstance(va, np.ndarray):
                 np.testing.assert_array_equal(va, vb)
         assert a.token == b.token and len(a.cameras) == len(b.cameras)
+
+
+def test_the_split_data_unlabeled_split_names_holds_sweeps(private_root: Path) -> None:
+    """Before, only a split literally named "unlabeled" was built from sweeps: another name for
+    it silently returned labelled keyframes."""
+    splits_path = private_root / VERSION / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits["raw_sweeps"] = splits.pop("unlabeled")
+    splits_path.write_text(json.dumps(splits))
+    renamed = load_index(
+        DataConfig(root=str(private_root), version=VERSION, unlabeled_split="raw_sweeps")
+    )
+    sweeps = renamed.frames("raw_sweeps")
+    assert sweeps and not any(f.has_label for f in sweeps)
+    assert all(f.has_label for f in renamed.frames("train"))
+    # The same dataset read under the default name: that split is now keyframes, and the index
+    # is rebuilt for it rather than reused.
+    default = load_index(DataConfig(root=str(private_root), version=VERSION))
+    assert default.body["sweep_split"] == "unlabeled"
+    keyframes = default.frames("raw_sweeps")
+    assert all(f.has_label for f in keyframes)
+    assert not {f.token for f in keyframes} & {f.token for f in sweeps}
+    with pytest.raises(DataError, match="no split 'unlabeled'"):
+        default.frames("unlabeled")
