@@ -31,7 +31,8 @@ class FrameDataset(torch.utils.data.Dataset):
     """Loads frames; ``train=True`` draws random augmentation, ``train=False`` uses none.
 
     ``cameras``: the camera names to load, in this order (default ``data.cameras``); a frame
-    without one of them is an error naming the frame and the cameras it has.
+    without one of them is an error naming the frame and the cameras it has. ``first_number``:
+    the number error messages give the first frame (a shard's offset in the whole run).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class FrameDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cameras: Sequence[str] | None = None,
         with_depth: bool = True,
+        first_number: int = 0,
     ) -> None:
         self.frames = list(frames)
         self.with_depth = (
@@ -52,6 +54,8 @@ class FrameDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.cameras = tuple(cameras if cameras is not None else data.cameras)
+        # Errors name frame ``first_number + index``: a shard's frames keep their run-wide numbers.
+        self.first_number = first_number
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -68,7 +72,7 @@ class FrameDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         frame = self.frames[index]
-        where = describe(frame, index)
+        where = describe(frame, self.first_number + index)
         rng = self.rng(index, epoch)
         bev_aug = draw_bev_aug(self.data, rng)
         points = load_points(frame, self.data.lidar_sweeps, where)

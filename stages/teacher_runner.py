@@ -86,7 +86,9 @@ def load_shard(
     Returns the samples that loaded and frame index -> reason for those that did not.
     """
     # Teachers read no LiDAR depth maps (the fusion teacher's depth loss is a training term).
-    dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)
+    dataset = FrameDataset(
+        frames, cfg.data, train=False, with_depth=False, first_number=first_index
+    )
 
     def load(local: int) -> Sample | str:
         try:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stage_helpers import cache_config, copy_dataset, lidar_files, make_teachers
+from stage_helpers import cache_config, copy_dataset, make_teachers
 
-from bevkd.datasets.dataset import FrameDataset
+from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.pipeline.config import config_yaml
 from bevkd.pipeline.provenance import sha256_file
 from bevkd.stages import cache_teacher, teacher_runner
@@ -163,13 +163,19 @@ def test_a_truncated_point_file_is_skipped_with_its_reason(
     world: dict, tiny_nuscenes: Path, tmp_path: Path
 ) -> None:
     root = copy_dataset(tiny_nuscenes, tmp_path / "data", own_lidar=True)
-    victim = lidar_files(root)[1]
-    victim.write_bytes(victim.read_bytes()[:-7])
     cfg = cache_config(root, world["teachers"], tmp_path / "skip.zarr")
+    # A val frame: after the train frames, in a later shard than the first.
+    victim = Path(load_frames(cfg, "val")[0].lidar_path)
+    assert victim.parent.parent.parent.resolve() == root.resolve()  # the private copy's file
+    victim.write_bytes(victim.read_bytes()[:-7])
     result = cache_teacher.run(cfg)
     assert len(result.skipped) == 1
     ((index, reason),) = result.skipped.items()
     assert victim.name in reason and "truncated" in reason
+    # The frame's number in the run and its token, not its place within the shard.
+    token = open_store(cfg.store.url).tokens[index]
+    assert index >= cfg.store.shard_size  # in a later shard, where the two numbers differ
+    assert f"frame {index:04d} (token {token[:8]}" in reason
     store = open_store(cfg.store.url)
     assert store.skipped == {index: reason}
     assert verify_store(cfg.store.url).ok
