@@ -78,8 +78,36 @@ def open_nuscenes(root: str | Path, version: str) -> Any:
         return NuScenes(version=version, dataroot=str(root), verbose=False)
     except json.JSONDecodeError as exc:
         raise DataError(
-            f"a table in {folder} is not valid JSON ({exc}); regenerate the dataset"
+            f"{_broken_table(folder)} is not valid JSON ({exc}); regenerate or re-download it"
         ) from None
+    except KeyError as exc:
+        raise DataError(missing_record(folder, exc)) from None
+
+
+def _broken_table(folder: Path) -> str:
+    """The first table of ``folder`` that does not parse (only called once one failed)."""
+    for name in TABLES:
+        path = folder / f"{name}.json"
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return str(path)
+    return f"a table in {folder}"
+
+
+def missing_record(folder: Path, exc: KeyError) -> str:
+    """A message for a devkit ``KeyError``: which tables mention the missing key, so the user
+    knows which record points at nothing (the devkit raises a bare ``KeyError: 'token'``)."""
+    key = str(exc.args[0]) if exc.args else "?"
+    needle = json.dumps(key)
+    mentioned = [
+        f"{name}.json" for name in TABLES if needle in (folder / f"{name}.json").read_text()
+    ]
+    where = f"referenced in {', '.join(mentioned)}" if mentioned else "referenced by the tables"
+    return (
+        f"{folder}: the tables are inconsistent: {key!r} is {where}, but no record of it exists "
+        "(a missing row, or a sample without that sensor); regenerate or re-download the tables"
+    )
 
 
 def read_splits(root: str | Path, version: str) -> dict[str, list[str]]:

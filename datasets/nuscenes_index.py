@@ -26,6 +26,7 @@ from bevkd.datasets.nuscenes import (
     TABLES,
     build_tables,
     check_dataroot,
+    missing_record,
     open_nuscenes,
     read_splits,
 )
@@ -163,7 +164,10 @@ def build_index(root: str | Path, version: str, sweep_split: str = "unlabeled") 
     splits = read_splits(root, version)
     if sweep_split not in splits and not (Path(root) / version / SPLITS_FILE).is_file():
         splits[sweep_split] = splits.pop("unlabeled")  # the official splits' sweeps, renamed
-    body = build_tables(nusc, splits, sweep_split)
+    try:
+        body = build_tables(nusc, splits, sweep_split)
+    except KeyError as exc:
+        raise DataError(missing_record(Path(root) / version, exc)) from None
     body.update(
         schema_version=INDEX_SCHEMA_VERSION,
         dataset="nuscenes",

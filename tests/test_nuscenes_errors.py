@@ -94,3 +94,25 @@ def test_cli_prints_one_line_and_exits_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: dataset root") and str(tmp_path / "missing") in err
+
+
+def test_a_truncated_table_is_named(tiny_nuscenes: Path, tmp_path: Path) -> None:
+    copy = private_copy(tiny_nuscenes, tmp_path / "root")
+    table = copy / "v1.0-trainval" / "sample_annotation.json"
+    table.write_text(table.read_text()[:-200])
+    with pytest.raises(DataError, match=r"sample_annotation\.json is not valid JSON"):
+        load_index(DataConfig(root=str(copy)))
+
+
+def test_a_reference_to_a_missing_record_names_the_key_and_its_table(
+    tiny_nuscenes: Path, tmp_path: Path
+) -> None:
+    import json
+
+    copy = private_copy(tiny_nuscenes, tmp_path / "root")
+    path = copy / "v1.0-trainval" / "sample_data.json"
+    rows = json.loads(path.read_text())
+    rows[0]["calibrated_sensor_token"] = "deadbeef" * 4
+    path.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"'(deadbeef){4}' is referenced in sample_data\.json, but no record"):  # fmt: skip
+        load_index(DataConfig(root=str(copy)))
