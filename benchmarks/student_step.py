@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bevkd.datasets.cached import loader_kwargs
+from bevkd.datasets.cached import worker_context
 from bevkd.datasets.sampler import EpochBatches
 from bevkd.datasets.student_batch import StudentBatch, collate_student
 from bevkd.pipeline.config import Config, load_config
@@ -198,10 +198,10 @@ def main() -> None:
         f"({size / 2**20:.0f} MiB of images, depth and target fields)"
     )
     memory = PeakMemory(device)
-    extra = {**loader_kwargs(cfg.student.store, workers), "persistent_workers": False}
+    extra = {"num_workers": workers, **worker_context(cfg.student.store)}
 
     def store_run() -> Run:
-        # as fit builds it (pin_memory leaves a StudentBatch as it is: it has no pin_memory())
+        # as fit builds it, but with workers started per run (their start-up is in the warm-up)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=collate_student,
                                              pin_memory=device.type == "cuda", **extra)  # fmt: skip
         iterator = iter(loader)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bevkd.pipeline.config import ConfigError, DataConfig
+from bevkd.pipeline.config import DataConfig
 from bevkd.pipeline.geometry import bev_transform
 
 # ImageNet statistics, the convention of every pretrained image backbone.
@@ -139,9 +139,11 @@ def _photometric(
 
 
 def intrinsics_4x4(cam2img: np.ndarray) -> np.ndarray:
-    """3x3 intrinsics -> the 4x4 ``cam2img`` convention used on samples."""
+    """3x3 intrinsics (or a 3x4 / 4x4 projection, KITTI's P2) -> the 4x4 ``cam2img``
+    convention used on samples: the matrix in the top-left corner of the identity."""
+    matrix = np.asarray(cam2img, np.float64)
     out = np.eye(4)
-    out[:3, :3] = cam2img
+    out[: matrix.shape[0], : matrix.shape[1]] = matrix
     return out
 
 
@@ -152,10 +154,6 @@ def draw_bev_aug(cfg: DataConfig, rng: np.random.Generator | None) -> np.ndarray
     limit = np.deg2rad(cfg.bev_rotation_deg)
     rotation = float(rng.uniform(-limit, limit))
     scale = float(rng.uniform(*cfg.bev_scale))
-    if set(cfg.bev_flip) - {"x", "y"}:
-        raise ConfigError(
-            f"data.bev_flip must name the axes to mirror ('', 'x', 'y' or 'xy'), got {cfg.bev_flip!r}"
-        )
     flip_x = bool("x" in cfg.bev_flip and rng.random() < 0.5)
     flip_y = bool("y" in cfg.bev_flip and rng.random() < 0.5)
     return bev_transform(rotation=rotation, scale=scale, flip_x=flip_x, flip_y=flip_y)

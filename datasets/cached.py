@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bevkd.datasets.frame import map_tensors
 from bevkd.storage.augment import transform_field
 from bevkd.storage.reader import TeacherStore
 from bevkd.storage.remote import is_local
@@ -104,14 +105,17 @@ class StoreFrames(torch.utils.data.Dataset):
         return {k: torch.from_numpy(v) for k, v in raw.items()}
 
 
+def worker_context(url: str) -> dict[str, Any]:
+    """The DataLoader worker start method reading ``url`` needs: ``forkserver`` for remote
+    stores (s3fs clients must not cross a fork), the default otherwise."""
+    return {} if is_local(url) else {"multiprocessing_context": "forkserver"}
+
+
 def loader_kwargs(url: str, num_workers: int) -> dict[str, Any]:
     """DataLoader keywords for reading ``url`` with ``num_workers`` processes."""
     if num_workers == 0:
         return {"num_workers": 0}
-    kwargs: dict[str, Any] = {"num_workers": num_workers, "persistent_workers": True}
-    if not is_local(url):
-        kwargs["multiprocessing_context"] = "forkserver"
-    return kwargs
+    return {"num_workers": num_workers, "persistent_workers": True, **worker_context(url)}
 
 
 class Prefetcher:
@@ -135,7 +139,9 @@ class Prefetcher:
                 for item in self.source:
                     if stop.is_set():
                         return
-                    items.put(_to_device(item, self.device) if self.device is not None else item)
+                    if self.device is not None:
+                        item = map_tensors(item, lambda t: t.to(self.device, non_blocking=True))
+                    items.put(item)
                 items.put(self._END)
             except BaseException as exc:  # handed to the consumer, re-raised there
                 items.put(exc)
@@ -154,18 +160,6 @@ class Prefetcher:
                     items.get_nowait()
                 except queue.Empty:
                     thread.join(timeout=0.05)
-
-
-def _to_device(item: Any, device: torch.device | str) -> Any:
-    if isinstance(item, torch.Tensor):
-        return item.to(device, non_blocking=True)
-    if hasattr(item, "to") and callable(item.to):
-        return item.to(device)
-    if isinstance(item, dict):
-        return {k: _to_device(v, device) for k, v in item.items()}
-    if isinstance(item, (list, tuple)):
-        return type(item)(_to_device(v, device) for v in item)
-    return item
 
 
 class SamplesOnly(torch.utils.data.Dataset):

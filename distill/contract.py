@@ -10,20 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bevkd.pipeline.config import Config
-from bevkd.pipeline.geometry import BEVGrid
 from bevkd.storage.fields import teacher_writing
-from bevkd.storage.schema import ContractMismatch, StoreContract
-
-
-def student_grid(cfg: Config) -> BEVGrid:
-    return BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
-
-
-def _grid_text(grid: BEVGrid) -> str:
-    return (
-        f"x [{grid.x_min:g}, {grid.x_max:g}) y [{grid.y_min:g}, {grid.y_max:g}) m, "
-        f"cell {grid.cell:g} m, {grid.H}x{grid.W}"
-    )
+from bevkd.storage.schema import ContractMismatch, StoreContract, grid_text
 
 
 def _missing_hint(name: str) -> str:
@@ -39,11 +27,11 @@ def store_problems(
 ) -> list[str]:
     """Every way the store differs from what ``cfg`` and a recipe's ``expects`` need."""
     problems = []
-    grid = student_grid(cfg)
+    grid = cfg.grid.bev_grid
     if contract.grid != grid:
         problems.append(
-            f"BEV grid: the store's is {_grid_text(contract.grid)}; the student's config "
-            f"(grid.point_cloud_range, voxel_size, bev_stride) gives {_grid_text(grid)}"
+            f"BEV grid: the store's is {grid_text(contract.grid)}; the student's config "
+            f"(grid.point_cloud_range, voxel_size, bev_stride) gives {grid_text(grid)}"
         )
     if tuple(contract.classes) != tuple(cfg.classes):
         problems.append(

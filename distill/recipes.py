@@ -19,10 +19,11 @@ from torch import nn
 
 from bevkd.datasets.student_batch import StudentBatch
 from bevkd.distill import losses
-from bevkd.models.camera_student import StudentOutput
+from bevkd.models.camera_bev import depth_loss
+from bevkd.models.camera_student import FEATURE_FIELDS, StudentOutput
 from bevkd.models.targets import gaussian_heatmaps, labelled_detection_loss
 from bevkd.pipeline.config import Config, ConfigError
-from bevkd.pipeline.geometry import REGRESSION_CHANNELS, BEVGrid
+from bevkd.pipeline.geometry import REGRESSION_CHANNELS
 
 Shape = tuple[int, ...] | None
 
@@ -36,11 +37,9 @@ TEACHER_RESPONSE_FIELDS: dict[str, tuple[str, str]] = {
 class Recipe(nn.Module):
     """Base: the GT detection and depth terms every recipe keeps (unless it drops GT)."""
 
-    name = "recipe"
-
     def __init__(self, cfg: Config, use_gt: bool = True) -> None:
         super().__init__()
-        self.grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+        self.grid = cfg.grid.bev_grid
         self.head_cfg, self.num_classes = cfg.head, len(cfg.classes)
         self.depth_weight = cfg.model.depth_loss_weight
         self.depth_bins = cfg.model.depth_bins
@@ -58,8 +57,6 @@ class Recipe(nn.Module):
     def gt_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
         """``gt_heatmap`` + ``gt_regression`` (CenterPoint, labelled frames) and ``depth``
         (BEVDepth BCE against LiDAR depth, every frame)."""
-        from bevkd.models.camera_bev import depth_loss
-
         terms: dict[str, torch.Tensor] = {}
         if self.use_gt:
             det = labelled_detection_loss(
@@ -87,8 +84,6 @@ class Recipe(nn.Module):
 class Baseline(Recipe):
     """GT detection and depth losses only: the reference every distilled student must beat."""
 
-    name = "baseline"
-
 
 class CMKD(Recipe):
     """CMKD (Hong, Dai, Ding; ECCV 2022), with CMKD-MV's GT terms as an option.
@@ -108,30 +103,18 @@ class CMKD(Recipe):
     Weights default to CMKD-MV's nuScenes values (METHODS.md): BEV 50, QFL 0.2, box 50.
     """
 
-    name = "cmkd"
-
     def __init__(self, cfg: Config) -> None:
-        d = cfg.distill
-        if d.mode not in ("gt+kd", "kd"):
-            raise ConfigError(f"distill.mode '{d.mode}' is unknown; use 'gt+kd' or 'kd'")
-        if d.bev_mask not in ("none", "teacher", "gt"):
-            raise ConfigError(f"distill.bev_mask '{d.bev_mask}': use none, teacher or gt")
-        if d.teacher not in TEACHER_RESPONSE_FIELDS:
-            raise ConfigError(
-                f"distill.teacher '{d.teacher}': use one of {sorted(TEACHER_RESPONSE_FIELDS)}"
-            )
-        if bad := [s for s in d.bev_scales if s not in (1, 2)]:
-            raise ConfigError(f"distill.bev_scales {bad}: the store has scales 1 and 2")
+        d = cfg.distill  # its choices are checked when the config loads
         super().__init__(cfg, use_gt=d.mode == "gt+kd")
         self.d = d
         self.code_weights = cfg.head.code_weights
         h, w = self.grid.shape
         c = cfg.student.bev_channels
-        self.bev_fields = {1: ("bev", "lidar_bev"), 2: ("bev_s2", "lidar_bev_s2")}
+        self.bev_features = {1: "bev", 2: "bev_s2"}
         if d.bev_weight > 0:
             shapes = {1: (c, h, w), 2: (2 * c, h // 2, w // 2)}
             for scale in d.bev_scales:
-                self.expects[self.bev_fields[scale][1]] = shapes[scale]
+                self.expects[FEATURE_FIELDS[self.bev_features[scale]]] = shapes[scale]
         self.heatmap_field, self.regression_field = TEACHER_RESPONSE_FIELDS[d.teacher]
         needs_heatmap = d.response or (d.bev_weight > 0 and d.bev_mask == "teacher")
         if needs_heatmap:
@@ -150,7 +133,8 @@ class CMKD(Recipe):
         if d.bev_weight > 0:
             mask = self._bev_mask(batch, prob)
             for scale in d.bev_scales:
-                feature, field = self.bev_fields[scale]
+                feature = self.bev_features[scale]
+                field = FEATURE_FIELDS[feature]
                 student = out.features[feature]
                 m = losses.downsample_mask(mask, student.shape[-2:])
                 m = m * tg.present[field].to(m.dtype).view(-1, 1, 1, 1)
@@ -172,9 +156,8 @@ class CMKD(Recipe):
         if self.d.bev_mask == "gt":
             return self.gt_mask(batch)
         if self.d.bev_mask == "teacher":
-            assert (
-                prob is not None
-            )  # a frame without a cached heatmap gets no mask (not sigmoid(0))
+            assert prob is not None
+            # A frame without a cached heatmap gets no mask (its zero fill is not "background").
             present = batch.targets.present[self.heatmap_field].float().view(-1, 1, 1, 1)
             return (prob.amax(dim=1, keepdim=True) > self.d.heatmap_threshold).float() * present
         return batch.images.new_ones((batch.size, 1, *self.grid.shape))

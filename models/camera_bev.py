@@ -214,7 +214,7 @@ class CameraBEV(nn.Module):
 def build_camera_bev(cfg: Config) -> CameraBEV:
     """The camera branch of ``cfg``: grid from ``cfg.grid``; feature stride = data.depth_stride
     so depth logits line up with the dataset's LiDAR depth maps."""
-    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    grid = cfg.grid.bev_grid
     pcr = cfg.grid.point_cloud_range
     return CameraBEV(
         grid=grid,

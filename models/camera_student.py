@@ -6,9 +6,9 @@ branch) -> ``camera_bev`` (B, Cc, H, W) -> SECOND-style BEV encoder -> ``bev`` (
 ``bev_s2`` (B, 2C, H/2, W/2), the shapes of the store's ``lidar_bev`` / ``lidar_bev_s2`` ->
 SECONDFPN neck -> the teachers' CenterPoint head -> (optional) decoded boxes.
 
-Depth is supervised with LiDAR depth maps (BEVDepth's BCE over bins, every frame: LiDAR depth
-needs no label); the detection terms apply to labelled frames only. Pure torch: importing this
-module never imports spconv.
+Its losses (GT detection on labelled frames, LiDAR depth BCE on every frame, distillation) are
+the recipes' (:mod:`bevkd.distill.recipes`). Pure torch: importing this module never imports
+spconv.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bevkd.models import box_coder, targets
+from bevkd.models import box_coder
 from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
-from bevkd.models.camera_bev import CameraBEV, build_camera_bev, depth_loss
+from bevkd.models.camera_bev import CameraBEV, build_camera_bev
 from bevkd.models.head import CenterHead
 from bevkd.models.outputs import Detections, HeadOutput
 from bevkd.pipeline.config import Config, HeadConfig
@@ -51,12 +51,11 @@ class CameraStudent(nn.Module):
     """Camera-only CenterPoint student on the teachers' BEV grid."""
 
     def __init__(self, grid: BEVGrid, head_cfg: HeadConfig, class_names: Sequence[str],
-                 depth_loss_weight: float, camera: CameraBEV, encoder: SECONDBackbone,
-                 neck: SECONDFPN, head: CenterHead) -> None:  # fmt: skip
+                 camera: CameraBEV, encoder: SECONDBackbone, neck: SECONDFPN,
+                 head: CenterHead) -> None:  # fmt: skip
         super().__init__()
         self.bev_grid, self.head_cfg = grid, head_cfg
         self.class_names = tuple(class_names)
-        self.depth_loss_weight = depth_loss_weight
         self.camera, self.encoder, self.neck, self.head = camera, encoder, neck, head
 
     def forward(self, batch: Any, decode: bool = False) -> StudentOutput:
@@ -76,19 +75,6 @@ class CameraStudent(nn.Module):
     def decode(self, head_out: HeadOutput) -> list[Detections]:
         return box_coder.decode(head_out, self.bev_grid, self.head_cfg)
 
-    def gt_loss(self, output: StudentOutput, batch: Any) -> dict[str, torch.Tensor]:
-        """``heatmap`` + ``regression`` on labelled frames (zero, in the graph, when a batch
-        has none) and ``depth`` on every frame."""
-        terms = targets.labelled_detection_loss(
-            output.head, batch.gt_boxes, batch.gt_labels, batch.has_label, batch.tokens,
-            self.bev_grid, len(self.class_names), self.head_cfg, allow_unlabelled=True,
-        )  # fmt: skip
-        terms["depth"] = self.depth_loss_weight * self.depth_loss(output, batch)
-        return terms
-
-    def depth_loss(self, output: StudentOutput, batch: Any) -> torch.Tensor:
-        return depth_loss(output.depth_logits, batch.depth, self.camera.depth_bins)
-
 
 def build_camera_student(cfg: Config) -> CameraStudent:
     """The student of ``cfg``: camera branch from ``cfg.model`` (image backbone channels, depth
@@ -98,10 +84,9 @@ def build_camera_student(cfg: Config) -> CameraStudent:
     camera = build_camera_bev(cfg)
     neck = SECONDFPN(channels, up_channels=channels)
     return CameraStudent(
-        grid=BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell),
+        grid=cfg.grid.bev_grid,
         head_cfg=cfg.head,
         class_names=cfg.classes,
-        depth_loss_weight=cfg.model.depth_loss_weight,
         camera=camera,
         encoder=SECONDBackbone(camera.bev_channels, channels, cfg.student.bev_layers),
         neck=neck,

@@ -64,16 +64,16 @@ def load_teacher(
 ) -> tuple[nn.Module, Config, str]:
     """Rebuild a trained teacher from its checkpoint: (model in eval mode and frozen, its config,
     the checkpoint file's sha256)."""
-    from bevkd.models.builders import build_teacher
+    from bevkd.models.builders import TEACHER_BUILDERS
 
-    payload = load_checkpoint(path, map_location=device)
-    cfg = checkpoint_config(payload)
-    model = build_teacher(cfg)
-    model.load_state_dict(payload["model"])
-    model.to(device).eval()
+    model, cfg, sha = load_model(path, device)
+    if cfg.model.kind not in TEACHER_BUILDERS:
+        raise CheckpointError(
+            f"{path} holds a {cfg.model.kind} model, not a teacher ({', '.join(TEACHER_BUILDERS)})"
+        )
     for param in model.parameters():
         param.requires_grad_(False)
-    return model, cfg, sha256_file(path)
+    return model, cfg, sha
 
 
 def load_model(

@@ -24,7 +24,6 @@ from bevkd.models.camera_bev import CameraBEV, build_camera_bev, depth_loss
 from bevkd.models.head import CenterHead, conv_bn_relu
 from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.pipeline.config import Config, GridConfig, HeadConfig
-from bevkd.pipeline.geometry import BEVGrid
 
 if TYPE_CHECKING:
     from bevkd.datasets.frame import Batch
@@ -76,7 +75,7 @@ class FusionTeacher(nn.Module):
         self.grid_cfg = grid
         self.head_cfg = head_cfg
         self.class_names = tuple(class_names)
-        self.bev_grid = BEVGrid.from_range(grid.point_cloud_range, grid.bev_cell)
+        self.bev_grid = grid.bev_grid
         self.depth_bins = depth_bins
         self.depth_loss_weight = depth_loss_weight
         self.camera = camera

@@ -208,7 +208,7 @@ def build_label_encoder_teacher(cfg: Config) -> LabelEncoderTeacher:
             raise ConfigError(
                 f"{name} of this config ({ours}) differs from the LiDAR teacher's in {path} ({theirs}); use the teacher's"
             )
-    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    grid = cfg.grid.bev_grid
     c1 = teacher_cfg.model.bev_channels  # SECONDBackbone: lidar_bev C, lidar_bev_s2 2C
     encoder = LabelEncoder(len(cfg.classes), cfg.model.label_encoder_channels, c1, 2 * c1)
     return LabelEncoderTeacher(encoder, teacher, grid)

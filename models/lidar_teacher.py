@@ -20,7 +20,6 @@ from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
 from bevkd.models.head import CenterHead
 from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.pipeline.config import GridConfig, HeadConfig
-from bevkd.pipeline.geometry import BEVGrid
 
 
 class LidarTeacher(nn.Module):
@@ -45,7 +44,7 @@ class LidarTeacher(nn.Module):
         self.grid_cfg = grid
         self.head_cfg = head_cfg
         self.class_names = tuple(class_names)
-        self.bev_grid = BEVGrid.from_range(grid.point_cloud_range, grid.bev_cell)
+        self.bev_grid = grid.bev_grid
         self.encoder = encoder
         self.backbone = backbone
         self.neck_module = neck

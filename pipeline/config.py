@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bevkd.pipeline.geometry import NUSCENES_CLASSES, REGRESSION_CHANNELS
+from bevkd.pipeline.geometry import NUSCENES_CLASSES, REGRESSION_CHANNELS, BEVGrid
 
 TEACHER_KINDS = ("lidar", "fusion", "label_encoder")
 MODEL_KINDS = (*TEACHER_KINDS, "camera")
@@ -131,6 +131,11 @@ class GridConfig:
     @property
     def bev_cell(self) -> float:
         return self.voxel_size[0] * self.bev_stride
+
+    @property
+    def bev_grid(self) -> BEVGrid:
+        """The BEV grid every stage shares: the range's x-y extent in cells of ``bev_cell``."""
+        return BEVGrid.from_range(self.point_cloud_range, self.bev_cell)
 
     @property
     def bev_shape(self) -> tuple[int, int]:

@@ -49,7 +49,8 @@ def cleanup_distributed() -> None:
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean of a scalar tensor over ranks (for logging)."""
+    """Mean over ranks of a tensor (a scalar, or a stack of a step's loss terms: one
+    collective for them all), for logging."""
     if not info.enabled:
         return value
     value = value.detach().clone()

@@ -28,7 +28,6 @@ from bevkd.pipeline.config import (
     to_dict,
 )
 from bevkd.pipeline.errors import BevkdError
-from bevkd.pipeline.geometry import BEVGrid
 from bevkd.stages import teacher_runner
 
 
@@ -105,7 +104,7 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
                     )
                 )
                 fields.append(boxes_field(spec.boxes, capacity=cfg.head.max_detections))
-    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    grid = cfg.grid.bev_grid
     return StoreContract(SCHEMA_VERSION, grid, tuple(cfg.classes), tuple(fields))
 
 
@@ -178,11 +177,39 @@ def shard_task(
     return len(frames) - len(skipped), forward
 
 
+def finished_by(cfg: Config) -> Any | None:
+    """The store at ``cfg.store.url`` if it is finalized and was made by exactly this config,
+    these teacher checkpoints (sha256) and these frames; None otherwise (the store is then
+    created, resumed or refused as usual)."""
+    from bevkd.pipeline.provenance import sha256_file, sha256_lines
+    from bevkd.storage.reader import open_store
+    from bevkd.storage.schema import StoreError
+
+    try:
+        store = open_store(cfg.store.url, storage_options=dict(cfg.store.storage_options) or None)
+    except StoreError:
+        return None
+    made = store.provenance
+    if not store.finalized or made.get("config_sha256") != config_sha256(cfg):
+        return None
+    checkpoints = {
+        name: sha256_file(teacher_runner.checkpoint_of(cfg, name)) for name in cfg.cache.teachers
+    }
+    if made.get("checkpoint_sha256") != checkpoints:
+        return None
+    tokens = [f.token for f in select_frames(cfg)]
+    return store if made.get("frame_tokens_sha256") == sha256_lines(tokens) else None
+
+
 def run(cfg: Config, resume: bool = True) -> CacheResult:
-    """Cache ``cfg.cache.teachers`` over ``cfg.cache.splits`` into ``cfg.store.url``."""
+    """Cache ``cfg.cache.teachers`` over ``cfg.cache.splits`` into ``cfg.store.url``. A store
+    this config already finished (:func:`finished_by`) is left as it is: no teacher loads."""
     from bevkd.pipeline.cluster import ClusterStarter
 
     started = time.perf_counter()
+    if resume and (done := finished_by(cfg)) is not None:
+        seconds = time.perf_counter() - started
+        return CacheResult(cfg.store.url, len(done), 0, done.skipped, seconds, {}, 0)
     in_process = cfg.cache.n_workers == 0 and not cfg.cache.scheduler
     # A LocalCluster's workers spawn and import torch while this process plans the store.
     with (

@@ -114,16 +114,6 @@ def demo_config(out: Path, all_teachers: bool = False) -> Config:
     )
 
 
-def _finalized(url: str) -> bool:
-    from bevkd.storage.reader import open_store
-    from bevkd.storage.schema import StoreError
-
-    try:
-        return open_store(url).finalized
-    except StoreError:
-        return False
-
-
 def run_demo(
     out: Path = Path("work/demo"), students: bool = True, all_teachers: bool = False
 ) -> Path:
@@ -138,14 +128,12 @@ def run_demo(
 
     out = Path(out)
     cfg = prepare_teachers(demo_config(out, all_teachers))
-    if _finalized(cfg.store.url):
-        click.echo(f"[demo] {cfg.store.url} is complete: not cached again")
-    else:
-        click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
-        result = cache(cfg)
-        click.echo(
-            f"[demo] {result.frames} frames cached in {result.seconds:.1f} s ({len(result.skipped)} skipped)"
-        )
+    click.echo(f"[demo] caching {', '.join(cfg.cache.teachers)} into {cfg.store.url}")
+    result = cache(cfg)
+    click.echo(
+        f"[demo] {result.frames} frames, {result.shards_written} shards written in "
+        f"{result.seconds:.1f} s ({len(result.skipped)} skipped)"
+    )
     report = verify_store(cfg.store.url)
     click.echo(f"[demo] verify: {summarize(report)}")
     if not report.ok:

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bevkd.pipeline.geometry import BOX_DIM, BEVGrid, bev_corners, box_corners
+from bevkd.datasets.augment import intrinsics_4x4
+from bevkd.datasets.depth import project_points
+from bevkd.pipeline.geometry import BOX_DIM, BEVGrid, box_corners
+from bevkd.storage.show import draw_bev_boxes
 
 if TYPE_CHECKING:
     from bevkd.datasets.frame import Frame
@@ -27,14 +30,14 @@ _EDGES = [(f + i, f + (i + 1) % 4) for f in (0, 4) for i in range(4)] + [
 ]
 
 
-def draw_bev(out: str | Path, grid: BEVGrid, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-             classes: Sequence[str], gt_boxes: np.ndarray | None = None,
+def draw_bev(out: str | Path, grid: BEVGrid, boxes: np.ndarray, scores: np.ndarray,
+             gt_boxes: np.ndarray | None = None,
              teacher_boxes: np.ndarray | None = None, score_threshold: float = 0.3,
              heatmap: np.ndarray | None = None, title: str = "") -> Path:  # fmt: skip
     """Write a top-down PNG of one frame and return its path (parent folders are created).
 
-    ``boxes``: (N, 9) predictions, ``scores``: (N,), ``labels``: (N,) ids into ``classes``;
-    only predictions with score >= ``score_threshold`` are drawn. ``gt_boxes``: (M, >=9), green.
+    ``boxes``: (N, 9) predictions, ``scores``: (N,); one colour per source (the class is not
+    shown in BEV), and only predictions with score >= ``score_threshold`` are drawn. ``gt_boxes``: (M, >=9), green.
     ``teacher_boxes``: (T, 11) store rows (9 box values, score, label), orange, thresholded too.
     ``heatmap``: (H, W) drawn underneath over the grid's extent (rows along y, columns x).
     """
@@ -44,7 +47,6 @@ def draw_bev(out: str | Path, grid: BEVGrid, boxes: np.ndarray, scores: np.ndarr
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    del labels, classes  # one colour per source; the class is not shown in BEV
     shown = []  # drawn in this order: predictions last, on top
     if gt_boxes is not None:
         shown.append((GT_COLOR, _as_boxes(gt_boxes), "GT"))
@@ -60,7 +62,7 @@ def draw_bev(out: str | Path, grid: BEVGrid, boxes: np.ndarray, scores: np.ndarr
         image = ax.imshow(heatmap, origin="lower", extent=extent, cmap="magma")
         fig.colorbar(image, ax=ax, fraction=0.046, label="heatmap")
     for color, drawn, _ in shown:
-        _draw_bev_boxes(ax, drawn, color)
+        draw_bev_boxes(ax, drawn, color)
     handles = [Line2D([], [], color=c, label=f"{name}: {len(b)}") for c, b, name in shown]
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     ax.set_xlim(grid.x_min, grid.x_max)  # boxes beyond the grid would stretch the axes
@@ -138,15 +140,11 @@ def project_box_corners(
     (u, v) and ``(N, 8)`` depth (camera z, metres); pixels of corners behind are meaningless.
     """
     corners = box_corners(_as_boxes(boxes))  # (N, 8, 3)
-    ego2cam = np.linalg.inv(np.asarray(cam2ego, np.float64))
-    cam = corners @ ego2cam[:3, :3].T + ego2cam[:3, 3]
-    matrix = np.asarray(cam2img, np.float64)
-    projection = np.eye(4)
-    projection[: matrix.shape[0], : matrix.shape[1]] = matrix
-    uvw = cam @ projection[:3, :3].T + projection[:3, 3]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pixels = uvw[..., :2] / uvw[..., 2:3]
-    return pixels, cam[..., 2]
+    uvd = project_points(
+        corners.reshape(-1, 3), np.asarray(cam2ego, np.float64), intrinsics_4x4(cam2img)
+    )
+    uvd = uvd.reshape(*corners.shape[:2], 3)
+    return uvd[..., :2], uvd[..., 2]
 
 
 def in_view(pixels: np.ndarray, depth: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -168,15 +166,6 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
 
 def _class_name(classes: Sequence[str], label: int) -> str:
     return classes[int(label)] if 0 <= int(label) < len(classes) else f"class {int(label)}"
-
-
-def _draw_bev_boxes(ax: Any, boxes: np.ndarray, color: str) -> None:
-    """Footprint outlines with a heading tick to the front edge, as ``bevkd show`` draws them."""
-    for corners in bev_corners(boxes):
-        loop = np.vstack([corners, corners[:1]])
-        ax.plot(loop[:, 0], loop[:, 1], color=color, linewidth=1.0)
-        front, centre = corners[[0, 3]].mean(axis=0), corners.mean(axis=0)
-        ax.plot([centre[0], front[0]], [centre[1], front[1]], color=color, linewidth=1.0)
 
 
 def _save(fig: Any, out: str | Path) -> Path:

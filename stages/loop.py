@@ -136,6 +136,7 @@ class _Logs:
         if self.jsonl_path.is_file():
             rows = [json.loads(line) for line in self.jsonl_path.read_text().splitlines() if line]
         self.rows = [r for r in rows if r["step"] <= resume_step]
+        self.columns = list(dict.fromkeys(k for r in self.rows for k in r))  # the CSV header
         self._rewrite()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -143,25 +144,24 @@ class _Logs:
 
     def _rewrite(self) -> None:
         self.jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
         with self.csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        new_keys = set(row) - {k for r in self.rows for k in r}
         self.rows.append(row)
-        with self.jsonl_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if new_keys or not self.csv_path.stat().st_size:
+        new_columns = [k for k in row if k not in self.columns]
+        if new_columns:  # a new column (the first validation): the CSV gets a new header
+            self.columns += new_columns
             self._rewrite()
         else:
-            keys = list(dict.fromkeys(k for r in self.rows for k in r))
+            with self.jsonl_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
             with self.csv_path.open("a", newline="") as f:
-                csv.DictWriter(f, fieldnames=keys).writerow(row)
+                csv.DictWriter(f, fieldnames=self.columns).writerow(row)
         for key, value in row.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, row["step"])
@@ -171,15 +171,20 @@ class _Logs:
             self.tb.close()
 
 
-def _loss_terms(objective: nn.Module, batch: Any, where: str) -> dict[str, torch.Tensor]:
+def _loss(
+    objective: nn.Module, batch: Any, where: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The objective's terms and their sum; a non-finite term stops training, named. One
+    device sync per step (on the sum), the terms are searched only when it is not finite."""
     try:
         terms: dict[str, torch.Tensor] = objective(batch)
     except NonFiniteLossError as exc:
         raise NonFiniteLoss(f"{where}: {exc}") from None
-    for name, value in terms.items():
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteLoss(f"{where}: loss term '{name}' is {value.item()}")
-    return terms
+    total = torch.stack([v.float() for v in terms.values()]).sum()
+    if not bool(torch.isfinite(total)):
+        name, value = next((k, v) for k, v in terms.items() if not bool(torch.isfinite(v).all()))
+        raise NonFiniteLoss(f"{where}: loss term '{name}' is {value.item()}")
+    return terms, total
 
 
 def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list[Any]], Any],
@@ -240,7 +245,7 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
             leave=False,
         )
         started = tick = time.perf_counter()
-        wait = compute = 0.0
+        wait = 0.0
         sums: dict[str, torch.Tensor] = {}
         values: dict[str, float] = {}
         for i, batch in enumerate(loader):
@@ -252,12 +257,12 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
             where = f"step {step} (epoch {epoch + 1}, batch {i}, frames {', '.join(batch.tokens)})"
             with sync:
                 with torch.autocast(info.device.type, dtype=torch.float16, enabled=use_amp):
-                    terms = _loss_terms(trained, batch, where)
-                total = torch.stack([v.float() for v in terms.values()]).sum()
+                    terms, total = _loss(trained, batch, where)
                 scaler.scale(total / t.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() / t.grad_accum
             if not last_micro:
+                tick = time.perf_counter()  # the next wait starts after this micro-step
                 continue
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, t.grad_clip)
@@ -267,10 +272,10 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
             if scheduler.last_epoch < scheduler.total_steps:
                 scheduler.step()
             step += 1
-            values = {k: all_reduce_mean(v, info).item() for k, v in sums.items()}
-            sums = {}
-            now = time.perf_counter()
-            compute, tick = compute + now - tick, now
+            # One all-reduce and one device read for every term of the step.
+            means = all_reduce_mean(torch.stack(list(sums.values())), info).tolist()
+            values, sums = dict(zip(sums, means, strict=True)), {}
+            now = tick = time.perf_counter()
             rate = t.batch_size * t.grad_accum * info.world_size * (bar.n + 1) / (now - started)
             bar.update(1)
             bar.set_postfix(

@@ -44,10 +44,9 @@ def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detectio
                      out_dir: str | Path, count: int = 4, store_url: str = "") -> list[Path]:  # fmt: skip
     """PNGs of the first ``count`` frames: BEV predictions against GT (and the teacher's cached
     boxes when ``store_url`` holds the frame), and predictions drawn on the camera images."""
-    from bevkd.pipeline.geometry import BEVGrid
     from bevkd.stages.draw import draw_bev, draw_cameras
 
-    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    grid = cfg.grid.bev_grid
     store = _store_if_any(store_url)
     written = []
     for frame, det in list(zip(frames, detections, strict=True))[:count]:
@@ -57,7 +56,7 @@ def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detectio
             teacher = store.read_frame(frame.token, ["boxes"])["boxes"]
         stem = Path(out_dir) / f"frame_{frame.token[:12]}"
         title = f"{frame.token} ({frame.split})"
-        written.append(draw_bev(f"{stem}_bev.png", grid, boxes, scores, labels, cfg.classes,
+        written.append(draw_bev(f"{stem}_bev.png", grid, boxes, scores,
                                 gt_boxes=frame.boxes, teacher_boxes=teacher, title=title))  # fmt: skip
         written.append(draw_cameras(f"{stem}_cameras.png", frame, boxes, scores, labels,
                                     cfg.classes, gt_boxes=frame.boxes))  # fmt: skip

@@ -16,7 +16,7 @@ import click
 import torch
 from torch import nn
 
-from bevkd.datasets.cached import CachedTargets, SamplesOnly, loader_kwargs
+from bevkd.datasets.cached import CachedTargets, SamplesOnly, worker_context
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
 from bevkd.datasets.student_batch import collate_student
@@ -48,24 +48,23 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
     frames = [f for f in train if f.has_label]
     if cfg.student.unlabeled:
         frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
-    labelled = sum(f.has_label for f in frames)
-    if store is None:
-        say(f"[train-student] {labelled} labelled + {len(frames) - labelled} unlabelled frames")
-        return frames
-    absent = [f.token for f in frames if f.token not in store]
-    if absent:
-        raise BevkdError(
-            f"store {store.url} has no entry for {len(absent)} of the {len(frames)} training frames "
-            f"(first: {absent[:3]}); it was cached from other splits (its provenance lists "
-            f"{store.provenance.get('dataset', {}).get('splits')}): re-cache with cache.splits covering them"
-        )
-    skipped = {store.tokens[i]: why for i, why in store.skipped.items()}
+    skipped: dict[str, str] = {}
+    if store is not None:
+        absent = [f.token for f in frames if f.token not in store]
+        if absent:
+            raise BevkdError(
+                f"store {store.url} has no entry for {len(absent)} of the {len(frames)} training "
+                f"frames (first: {absent[:3]}); it was cached from other splits (its provenance "
+                f"lists {store.provenance.get('dataset', {}).get('splits')}): re-cache with "
+                "cache.splits covering them"
+            )
+        skipped = {store.tokens[i]: why for i, why in store.skipped.items()}
     kept = [f for f in frames if f.token not in skipped]
     dropped = len(frames) - len(kept)
     labelled = sum(f.has_label for f in kept)
     say(
-        f"[train-student] {labelled} labelled + {len(kept) - labelled} unlabelled frames; "
-        f"{dropped} left out because the teacher skipped them"
+        f"[train-student] {labelled} labelled + {len(kept) - labelled} unlabelled frames"
+        + (f"; {dropped} left out because the teacher skipped them" if store is not None else "")
         + (f" (e.g. {next(iter(skipped.values()))})" if dropped else "")
     )
     return kept
@@ -124,8 +123,7 @@ def run(cfg: Config) -> TrainResult:
         def validate(model: nn.Module, out: Path) -> dict[str, Any]:
             return evaluate_model(model, cfg, out)
 
-        extra = loader_kwargs(cfg.student.store, cfg.train.num_workers)
-        extra.pop("num_workers", None), extra.pop("persistent_workers", None)
+        extra = worker_context(cfg.student.store)
         return fit(cfg, objective, dataset, collate_student, info, validate, extra)
     finally:
         cleanup_distributed()

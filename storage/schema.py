@@ -199,7 +199,7 @@ class StoreContract:
             )
         if self.grid != expected.grid:
             out.append(
-                f"grid: store has {_grid_text(self.grid)}, expected {_grid_text(expected.grid)}"
+                f"grid: store has {grid_text(self.grid)}, expected {grid_text(expected.grid)}"
             )
         if self.classes != expected.classes:
             out.append(
@@ -228,9 +228,10 @@ class StoreContract:
             )
 
 
-def _grid_text(grid: BEVGrid) -> str:
+def grid_text(grid: BEVGrid) -> str:
+    """One line naming a grid's extent, cell and shape, for messages."""
     return (
-        f"x [{grid.x_min}, {grid.x_max}) y [{grid.y_min}, {grid.y_max}) cell {grid.cell} "
+        f"x [{grid.x_min:g}, {grid.x_max:g}) y [{grid.y_min:g}, {grid.y_max:g}) cell {grid.cell:g} "
         f"({grid.H}x{grid.W})"
     )
 

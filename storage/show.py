@@ -50,9 +50,9 @@ def render_frame(store: TeacherStore, frame: int | str, out: str | Path, gt_boxe
             image, origin="lower", extent=(g.x_min, g.x_max, g.y_min, g.y_max), cmap="magma"
         )
         fig.colorbar(shown, ax=ax, fraction=0.046, label=label)
-        _draw_boxes(ax, cached[:, :9], "orange")
+        draw_bev_boxes(ax, cached[:, :9], "orange")
         if gt_boxes is not None and len(gt_boxes):
-            _draw_boxes(ax, np.asarray(gt_boxes, np.float64)[:, :9], "lime")
+            draw_bev_boxes(ax, np.asarray(gt_boxes, np.float64)[:, :9], "lime")
         ax.set_xlim(g.x_min, g.x_max)  # GT beyond the grid would stretch the axes
         ax.set_ylim(g.y_min, g.y_max)
         ax.set_title(f"{spec.name} ({spec.kind})", fontsize=9)
@@ -71,7 +71,9 @@ def render_frame(store: TeacherStore, frame: int | str, out: str | Path, gt_boxe
     return out
 
 
-def _draw_boxes(ax: object, boxes: np.ndarray, color: str) -> None:
+def draw_bev_boxes(ax: object, boxes: np.ndarray, color: str) -> None:
+    """Footprint outlines of boxes (N, >=7) on a matplotlib axis, with a tick from the centre to
+    the front edge (the heading)."""
     for corners in bev_corners(boxes):
         loop = np.vstack([corners, corners[:1]])
         ax.plot(loop[:, 0], loop[:, 1], color=color, linewidth=1.0)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -325,15 +326,20 @@ def gt_sum(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return terms["gt_heatmap"] + terms["gt_regression"]
 
 
-def test_gt_terms_give_an_unlabelled_frame_exactly_zero_gradient() -> None:
+def baseline_on(has_label: list[bool]) -> tuple[torch.nn.Module, Any, Any, dict[str, torch.Tensor]]:
+    """A seeded tiny student's forward over a batch, and the Baseline recipe's terms."""
     torch.manual_seed(0)
     cfg = small_cfg()
     student = build_camera_student(cfg)
-    batch = make_batch([True, False])
+    batch = make_batch(has_label)
     out = student(batch)
     out.head.heatmap.retain_grad()
     out.head.regression.retain_grad()
-    terms = Baseline(cfg)(out, batch)
+    return student, batch, out, Baseline(cfg)(out, batch)
+
+
+def test_gt_terms_give_an_unlabelled_frame_exactly_zero_gradient() -> None:
+    _, _, out, terms = baseline_on([True, False])
     assert set(terms) == {"gt_heatmap", "gt_regression", "depth"}
     gt_sum(terms).backward()
     for name, grad in (
@@ -346,12 +352,7 @@ def test_gt_terms_give_an_unlabelled_frame_exactly_zero_gradient() -> None:
 
 
 def test_gt_terms_without_labelled_frames_are_zero_and_keep_every_parameter() -> None:
-    torch.manual_seed(0)
-    cfg = small_cfg()
-    student = build_camera_student(cfg)
-    batch = make_batch([False, False])
-    out = student(batch)
-    terms = Baseline(cfg)(out, batch)
+    student, _, _, terms = baseline_on([False, False])
     assert terms["gt_heatmap"].item() == 0.0 and terms["gt_regression"].item() == 0.0
     assert terms["depth"].item() > 0.0  # LiDAR depth is not a label: it stays
     gt_sum(terms).backward()

@@ -3,6 +3,7 @@ forward, a real 2-worker dask LocalCluster, kill -9 and resume, bad frames, froz
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -197,3 +198,29 @@ def test_a_teacher_in_training_mode_is_refused(world: dict) -> None:
         model.eval()
     with pytest.raises(RuntimeError, match="no_grad"):
         teacher_runner.forward_frozen(model, [sample], torch.device("cpu"))
+
+
+def test_a_store_this_config_finished_is_not_cached_again(
+    world: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = world["cfg"]
+    assert cache_teacher.finished_by(cfg) is not None
+    # A rerun loads no teacher and writes nothing.
+    monkeypatch.setattr(
+        teacher_runner, "load_teacher_once", lambda *a, **k: pytest.fail("loaded a teacher")
+    )
+    again = cache_teacher.run(cfg)
+    assert again.shards_written == 0 and again.frames == world["result"].frames
+    assert again.skipped == world["result"].skipped
+    # Another config, or other teacher weights, is not "finished": the usual path decides.
+    assert (
+        cache_teacher.finished_by(
+            dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, heatmap_as="logits"))
+        )
+        is None
+    )
+    # Same config, but the checkpoint file at its path now holds other weights.
+    other = world["base"] / "other_lidar.pt"
+    other.write_bytes(Path(cfg.cache.lidar_checkpoint).read_bytes() + b"\0")
+    monkeypatch.setattr(teacher_runner, "checkpoint_of", lambda c, name: str(other))
+    assert cache_teacher.finished_by(cfg) is None

@@ -15,7 +15,7 @@ from bevkd.datasets.dataset import load_frames
 from bevkd.datasets.frame import Frame
 from bevkd.pipeline.config import load_config
 from bevkd.pipeline.errors import DataError
-from bevkd.pipeline.geometry import NUSCENES_CLASSES, BEVGrid
+from bevkd.pipeline.geometry import NUSCENES_CLASSES
 from bevkd.stages.draw import draw_bev, draw_cameras, in_view, project_box_corners
 
 DEEPSKYBLUE = (0, 191, 255)
@@ -175,24 +175,24 @@ def test_draw_cameras_on_a_kitti_frame(tiny_kitti: Path, tmp_path: Path) -> None
 
 def test_draw_bev_with_heatmap_teacher_and_gt(frame: Frame, tmp_path: Path) -> None:
     cfg = load_config(None, [])
-    grid = BEVGrid.from_range(cfg.grid.point_cloud_range, cfg.grid.bev_cell)
+    grid = cfg.grid.bev_grid
     assert grid.contains(frame.boxes[:, :2]).any(), "the frame should have GT inside the grid"
     n = len(frame.boxes)
     scores = np.full(n, 0.9)
     teacher = np.concatenate([frame.boxes, scores[:, None], frame.labels[:, None]], axis=1)
     heatmap = np.random.default_rng(0).random(grid.shape) * 0.2
-    common = dict(classes=NUSCENES_CLASSES, heatmap=heatmap, title="frame 0")
-    out = draw_bev(tmp_path / "a" / "bev.png", grid, frame.boxes, scores, frame.labels,
+    common = dict(heatmap=heatmap, title="frame 0")
+    out = draw_bev(tmp_path / "a" / "bev.png", grid, frame.boxes, scores,
                    gt_boxes=frame.boxes, teacher_boxes=teacher, **common)  # fmt: skip
     assert out == tmp_path / "a" / "bev.png" and Image.open(out).size == (700, 700)
     # Above the threshold nothing of predictions or teacher; the legend line stays.
-    quiet = draw_bev(tmp_path / "quiet.png", grid, frame.boxes, scores, frame.labels,
+    quiet = draw_bev(tmp_path / "quiet.png", grid, frame.boxes, scores,
                      teacher_boxes=teacher, score_threshold=0.95, **common)  # fmt: skip
     assert _pixels_near(out, DEEPSKYBLUE) > _pixels_near(quiet, DEEPSKYBLUE) + 100
     assert _pixels_near(quiet, ORANGE) < 100
-    gt_only = draw_bev(tmp_path / "gt.png", grid, frame.boxes, scores, frame.labels,
+    gt_only = draw_bev(tmp_path / "gt.png", grid, frame.boxes, scores,
                        gt_boxes=frame.boxes, score_threshold=0.95, **common)  # fmt: skip
     assert _pixels_near(gt_only, LIME) > _pixels_near(quiet, LIME) + 100
-    teacher_only = draw_bev(tmp_path / "teacher.png", grid, frame.boxes, np.zeros(n), frame.labels,
+    teacher_only = draw_bev(tmp_path / "teacher.png", grid, frame.boxes, np.zeros(n),
                             teacher_boxes=teacher, score_threshold=0.5, **common)  # fmt: skip
     assert _pixels_near(teacher_only, ORANGE) > _pixels_near(quiet, ORANGE) + 100
