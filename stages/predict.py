@@ -65,7 +65,9 @@ def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detectio
 
 def _store_if_any(url: str) -> Any:
     """The teacher store at ``url`` if it opens and holds ``boxes``, else None (drawing only)."""
-    if not url or (not Path(url).exists() and "://" not in url):
+    from bevkd.storage.remote import is_local
+
+    if not url or (is_local(url) and not Path(url).exists()):
         return None
     from bevkd.storage.reader import open_store
     from bevkd.storage.schema import StoreError
