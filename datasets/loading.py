@@ -44,8 +44,19 @@ def load_point_file(path: str, dim: int, where: str = "") -> np.ndarray:
             f"{prefix}point file {path} is truncated ({size} bytes, expected a multiple of "
             f"{record}); re-download or regenerate it"
         )
-    data = np.fromfile(path, dtype="<f4")
-    return data.reshape(-1, dim)
+    if size == 0:
+        raise DataError(
+            f"{prefix}point file {path} is empty (0 bytes, no points); re-download or regenerate it"
+        )
+    points = np.fromfile(path, dtype="<f4").reshape(-1, dim)
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(
+            f"{prefix}point file {path} holds non-finite values (NaN or inf) in {bad.size} of "
+            f"{len(points)} points (first: point {bad[0]}); re-download or regenerate it"
+        )
+    return points
 
 
 def load_image(path: str, where: str = "") -> np.ndarray:

@@ -9,12 +9,12 @@ spconv (only building a voxel-encoder LiDAR teacher does). To add a teacher, add
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from torch import nn
 
 from bevkd.models.fusion_teacher import build_fusion_teacher
-from bevkd.models.label_encoder import build_label_encoder_teacher
+from bevkd.models.label_encoder import build_label_encoder_teacher, rebuild_label_encoder_teacher
 from bevkd.pipeline.config import Config, ConfigError
 
 # Per-point features after the batch column: x, y, z, intensity, time-lag (datasets.frame.Batch).
@@ -87,6 +87,14 @@ def build_student(cfg: Config) -> nn.Module:
 MODEL_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
     **TEACHER_BUILDERS,
     "camera": build_student,
+}
+
+
+# Kinds whose builder reads another checkpoint (the label encoder: ``model.checkpoint``) and
+# whose own checkpoints therefore embed what they took from it (``sources``, see
+# ``checkpoint.save_checkpoint``): kind -> rebuild from the config and those sources alone.
+REBUILDERS: dict[str, Callable[[Config, dict[str, dict[str, Any]]], nn.Module]] = {
+    "label_encoder": rebuild_label_encoder_teacher,
 }
 
 

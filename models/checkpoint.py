@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bevkd.pipeline.config import Config, config_sha256, from_dict, to_dict
+from bevkd.pipeline.config import Config, ConfigError, config_sha256, from_dict, to_dict
 from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.provenance import environment, sha256_file
 
@@ -25,7 +25,13 @@ class CheckpointError(BevkdError):
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **state: Any) -> Path:
-    """Write atomically (temp file + rename), so a killed job never leaves a half checkpoint."""
+    """Write atomically (temp file + rename), so a killed job never leaves a half checkpoint.
+
+    A model built around another checkpoint (the label encoder around its LiDAR teacher) lists
+    what it took from it in its ``checkpoint_sources`` attribute (name -> resolved config,
+    file, sha256); that is embedded as ``sources``, so :func:`load_model` rebuilds the model
+    from this file alone, whatever became of the other one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -33,6 +39,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **state: An
         "model": model.state_dict(),
         "config": to_dict(cfg),
         "config_sha256": config_sha256(cfg),
+        "sources": dict(getattr(model, "checkpoint_sources", {})),
         "provenance": environment(),
         **state,
     }
@@ -81,14 +88,42 @@ def load_model(
 ) -> tuple[nn.Module, Config, str]:
     """Rebuild any trained model (teacher or student) from its checkpoint, in eval mode:
     (model, its config, the checkpoint file's sha256)."""
-    from bevkd.models.builders import build_model
-
     payload = load_checkpoint(path, map_location=device)
     cfg = checkpoint_config(payload)
-    model = build_model(cfg)
+    model = _rebuild(payload, cfg, path)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, cfg, sha256_file(path)
+
+
+def _rebuild(payload: dict[str, Any], cfg: Config, path: str | Path) -> nn.Module:
+    """The untrained architecture of the checkpoint ``payload`` (of file ``path``), built from
+    the file alone where its kind's builder would read another checkpoint (REBUILDERS)."""
+    from bevkd.models.builders import REBUILDERS, build_model
+
+    rebuild = REBUILDERS.get(cfg.model.kind)
+    if rebuild is None:
+        return build_model(cfg)
+    sources = payload.get("sources") or {}
+    if sources:
+        try:
+            return rebuild(cfg, sources)
+        except (KeyError, ConfigError) as exc:
+            raise CheckpointError(
+                f"{path}: the {cfg.model.kind} model cannot be rebuilt from the sources it "
+                f"embeds ({exc}); retrain it with `bevkd train-teacher`"
+            ) from exc
+    # Written before checkpoints embedded their sources: the builder reads model.checkpoint.
+    try:
+        return build_model(cfg)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{path} is a {cfg.model.kind} checkpoint from before checkpoints embedded the "
+            f"teacher they were built from, so it needs model.checkpoint "
+            f"{cfg.model.checkpoint}, which cannot be read ({exc}). Put that checkpoint back "
+            f"at that path, or retrain the {cfg.model.kind} model with `bevkd train-teacher` "
+            f"(its new checkpoints load on their own)"
+        ) from exc
 
 
 # Module prefixes that carry over when one teacher kind initialises another: BEVFusion trains

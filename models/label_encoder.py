@@ -6,7 +6,8 @@ neck and head by :class:`LabelEncoderTeacher`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch import nn
 
 from bevkd.models.image_backbone import BasicBlock
 from bevkd.models.outputs import TeacherOutput
-from bevkd.pipeline.config import Config, ConfigError
+from bevkd.pipeline.config import Config, ConfigError, config_sha256, from_dict, to_dict
 from bevkd.pipeline.geometry import BEVGrid
 
 if TYPE_CHECKING:
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from bevkd.models.lidar_teacher import LidarTeacher
 
 BOX_INPUT_DIM = 9  # x, y, z, l, w, h, yaw, vx, vy
+
+# Key of the LiDAR teacher in a label-encoder checkpoint's ``sources``.
+LIDAR_SOURCE = "lidar_teacher"
 
 
 def rasterize_boxes(
@@ -145,11 +149,23 @@ class LabelEncoderTeacher(nn.Module):
     Gradients still flow *through* the teacher into the encoder.
     """
 
-    def __init__(self, encoder: LabelEncoder, lidar_teacher: LidarTeacher, grid: BEVGrid) -> None:
+    def __init__(
+        self,
+        encoder: LabelEncoder,
+        lidar_teacher: LidarTeacher,
+        grid: BEVGrid,
+        lidar_source: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.lidar_teacher = lidar_teacher
         self.grid = grid
+        # What ``save_checkpoint`` embeds (see :func:`lidar_source`): the teacher's weights are
+        # already in this module's state_dict, so with its config a checkpoint of this model
+        # rebuilds without the LiDAR teacher's file.
+        self.checkpoint_sources: dict[str, dict[str, Any]] = (
+            {LIDAR_SOURCE: lidar_source} if lidar_source is not None else {}
+        )
         for param in self.lidar_teacher.parameters():
             param.requires_grad_(False)
         self.lidar_teacher.eval()
@@ -179,26 +195,25 @@ class LabelEncoderTeacher(nn.Module):
         return self.lidar_teacher.loss(output, batch)
 
 
-def build_label_encoder_teacher(cfg: Config) -> LabelEncoderTeacher:
-    """A fresh label encoder around the trained LiDAR teacher of ``cfg.model.checkpoint``.
+def lidar_source(teacher_cfg: Config, checkpoint: str | Path, sha256: str) -> dict[str, Any]:
+    """The record a label-encoder checkpoint embeds of the LiDAR teacher it was built from:
+    its resolved config (enough to rebuild its architecture) and, for provenance, the file it
+    came from and that file's sha256."""
+    return {
+        "config": to_dict(teacher_cfg),
+        "config_sha256": config_sha256(teacher_cfg),
+        "checkpoint": str(checkpoint),
+        "sha256": sha256,
+    }
 
-    The teacher is rebuilt from its own checkpoint (its config fixes its architecture); its
-    grid and classes must match ``cfg``'s. The encoder's output channels follow the teacher's
-    ``lidar_bev``/``lidar_bev_s2``; its width is ``model.label_encoder_channels``.
-    """
-    from bevkd.models.checkpoint import load_teacher  # lazy: the teacher may import spconv
-    from bevkd.models.lidar_teacher import LidarTeacher
 
-    if not cfg.model.checkpoint:
+def _check_lidar_teacher(cfg: Config, teacher_cfg: Config, where: str) -> None:
+    """The teacher of ``teacher_cfg`` (described by ``where``) is a LiDAR teacher on ``cfg``'s
+    grid and classes."""
+    if teacher_cfg.model.kind != "lidar":
         raise ConfigError(
-            "model.checkpoint is empty: the label encoder is trained through a trained LiDAR "
-            "teacher; set it to that teacher's checkpoint (e.g. work/demo/teacher_lidar/best.pt)"
-        )
-    teacher, teacher_cfg, _ = load_teacher(cfg.model.checkpoint)
-    path = cfg.model.checkpoint
-    if not isinstance(teacher, LidarTeacher):
-        raise ConfigError(
-            f"model.checkpoint {path} holds a '{teacher_cfg.model.kind}' teacher; the label encoder needs a 'lidar' one"
+            f"{where} holds a '{teacher_cfg.model.kind}' teacher; the label encoder needs a "
+            "'lidar' one: set model.checkpoint to a LiDAR teacher's checkpoint"
         )
     for name, ours, theirs in (
         ("grid", cfg.grid, teacher_cfg.grid),
@@ -206,9 +221,54 @@ def build_label_encoder_teacher(cfg: Config) -> LabelEncoderTeacher:
     ):
         if ours != theirs:
             raise ConfigError(
-                f"{name} of this config ({ours}) differs from the LiDAR teacher's in {path} ({theirs}); use the teacher's"
+                f"{name} of this config ({ours}) differs from the LiDAR teacher's in {where} ({theirs}); use the teacher's"
             )
-    grid = cfg.grid.bev_grid
+
+
+def _assemble(
+    cfg: Config, teacher: LidarTeacher, teacher_cfg: Config, source: dict[str, Any]
+) -> LabelEncoderTeacher:
     c1 = teacher_cfg.model.bev_channels  # SECONDBackbone: lidar_bev C, lidar_bev_s2 2C
     encoder = LabelEncoder(len(cfg.classes), cfg.model.label_encoder_channels, c1, 2 * c1)
-    return LabelEncoderTeacher(encoder, teacher, grid)
+    return LabelEncoderTeacher(encoder, teacher, cfg.grid.bev_grid, source)
+
+
+def build_label_encoder_teacher(cfg: Config) -> LabelEncoderTeacher:
+    """A fresh label encoder around the trained LiDAR teacher of ``cfg.model.checkpoint``.
+
+    The teacher is rebuilt from its own checkpoint (its config fixes its architecture); its
+    grid and classes must match ``cfg``'s. The encoder's output channels follow the teacher's
+    ``lidar_bev``/``lidar_bev_s2``; its width is ``model.label_encoder_channels``. The model
+    remembers the teacher's config and sha256, which its checkpoints embed, so they load
+    without that file (:func:`rebuild_label_encoder_teacher`).
+    """
+    from bevkd.models.checkpoint import load_teacher  # lazy: the teacher may import spconv
+
+    if not cfg.model.checkpoint:
+        raise ConfigError(
+            "model.checkpoint is empty: the label encoder is trained through a trained LiDAR "
+            "teacher; set it to that teacher's checkpoint (e.g. work/demo/teacher_lidar/best.pt)"
+        )
+    path = cfg.model.checkpoint
+    teacher, teacher_cfg, sha = load_teacher(path)
+    _check_lidar_teacher(cfg, teacher_cfg, f"model.checkpoint {path}")
+    return _assemble(
+        cfg, cast("LidarTeacher", teacher), teacher_cfg, lidar_source(teacher_cfg, path, sha)
+    )
+
+
+def rebuild_label_encoder_teacher(
+    cfg: Config, sources: dict[str, dict[str, Any]]
+) -> LabelEncoderTeacher:
+    """The architecture of a saved label encoder, LiDAR teacher included, from the teacher
+    config its checkpoint embeds (``sources``, see :func:`lidar_source`); reads no file. The
+    weights, the teacher's too, come from that checkpoint's state_dict."""
+    from bevkd.models.builders import build_lidar_teacher  # lazy: may import spconv
+
+    source = sources[LIDAR_SOURCE]
+    teacher_cfg = from_dict(Config, source["config"])
+    _check_lidar_teacher(
+        cfg, teacher_cfg, f"the LiDAR teacher embedded from {source.get('checkpoint', '?')}"
+    )
+    teacher = cast("LidarTeacher", build_lidar_teacher(teacher_cfg))  # kind checked above
+    return _assemble(cfg, teacher, teacher_cfg, source)

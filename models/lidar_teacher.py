@@ -10,16 +10,19 @@ This module imports no spconv itself; the voxel encoder it is handed does (see b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from bevkd.datasets.frame import Batch
 from bevkd.models import box_coder, targets
 from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
 from bevkd.models.head import CenterHead
 from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.pipeline.config import GridConfig, HeadConfig
+
+if TYPE_CHECKING:
+    from bevkd.datasets.frame import Batch
 
 
 class LidarTeacher(nn.Module):

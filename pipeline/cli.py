@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -70,9 +71,27 @@ def cli() -> None:
     """
 
 
-def main(argv: list[str] | None = None) -> Any:
-    from bevkd.pipeline.errors import run_cli
+def run_cli(group: click.Group, argv: list[str]) -> Any:
+    """Run the click group; input errors print one line and exit 2 (BEVKD_DEBUG=1 re-raises)."""
+    from bevkd.pipeline.config import ConfigError
+    from bevkd.pipeline.errors import BevkdError
 
+    try:
+        return group.main(args=argv, prog_name="bevkd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (BevkdError, ConfigError, FileNotFoundError) as exc:
+        if os.environ.get("BEVKD_DEBUG"):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> Any:
     return run_cli(cli, argv if argv is not None else sys.argv[1:])
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -58,6 +59,110 @@ def select_frames(cfg: Config) -> list[Frame]:
     return frames
 
 
+# Config keys that change how a run goes, not what it writes: they may differ on a resume.
+RUN_ONLY_KEYS = (
+    "name",
+    "store.url",
+    "store.storage_options",
+    "cache.scheduler",
+    "cache.n_workers",
+    "cache.threads_per_worker",
+    "cache.torch_threads",
+    "cache.retries",
+    "cache.teacher_configs",
+)
+# Sections of the config that stage one never reads.
+OTHER_STAGES = ("train", "eval", "student", "distill")
+
+
+def cache_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The flattened settings of a resolved config (as a dict) that decide what a cache run
+    writes: everything but :data:`RUN_ONLY_KEYS` and the other stages' sections."""
+    return {
+        k: v
+        for k, v in _flat(data).items()
+        if k not in RUN_ONLY_KEYS and k.split(".")[0] not in OTHER_STAGES
+    }
+
+
+def settings_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: store has A, this run has B`` for every cache setting that differs."""
+    a, b = cache_settings(stored), cache_settings(current)
+    return [
+        f"{key}: the store has {a.get(key, '(unset)')!r}, this run {b.get(key, '(unset)')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+def resume_problems(made: dict[str, Any], cfg: Config, teachers: dict[str, Any]) -> list[str]:
+    """Why a run of ``cfg`` with these ``teachers`` (:func:`teacher_runner.describe_teachers`)
+    must not add shards to a store whose provenance is ``made``: other teacher weights, other
+    cache settings, other data or other code would mix two stores in one. Empty if none."""
+    import yaml
+
+    from bevkd.pipeline.provenance import code_version
+
+    problems = []
+    had = made.get("checkpoint_sha256")
+    had = had if isinstance(had, dict) else {}
+    had_teachers = made.get("teachers", {})
+    if sorted(had) != sorted(teachers):
+        problems.append(
+            f"teachers: the store was made by {sorted(had)}, this run has {sorted(teachers)}"
+        )
+    for name in sorted(set(had) & set(teachers)):
+        now = teachers[name]
+        if had[name] != now["checkpoint_sha256"]:
+            then = had_teachers.get(name, {}).get("checkpoint", "?")
+            problems.append(
+                f"teacher {name}: this run's checkpoint {now['checkpoint']} (sha256 "
+                f"{now['checkpoint_sha256'][:12]}) is not the one that wrote the store "
+                f"({then}, sha256 {had[name][:12]})"
+            )
+    stored_cfg = yaml.safe_load(made.get("config") or "{}") or {}
+    problems += [f"config {line}" for line in settings_differences(stored_cfg, to_dict(cfg))]
+    code = code_version()
+    if made.get("code_version") != code["commit"]:
+        problems.append(
+            f"code: the store was written by bevkd at {made.get('code_version')}, this is "
+            f"{code['commit']}"
+        )
+    return problems
+
+
+def teacher_setting_conflicts(cfg: Config, name: str, teacher_cfg: Config, path: str) -> list[str]:
+    """Settings of the cache config that contradict teacher ``name``'s own (from its
+    checkpoint): the BEV grid and classes always, the LiDAR sweeps of a teacher that reads
+    points, the cameras and image size of one that reads images. The teacher is the source:
+    its fields live on its grid, whatever the cache config says."""
+    keys = ["grid", "classes"]
+    if teacher_cfg.model.kind in ("lidar", "fusion", "label_encoder"):
+        keys.append("data.lidar_sweeps")
+    if teacher_cfg.model.kind == "fusion":
+        keys += ["data.cameras", "data.image_size"]
+    mine, theirs = _flat(to_dict(cfg)), _flat(to_dict(teacher_cfg))
+    out = []
+    for key in sorted(k for k in mine if any(k == p or k.startswith(p + ".") for p in keys)):
+        if mine[key] != theirs.get(key):
+            out.append(
+                f"{key} is {mine[key]!r} in the cache config but {theirs.get(key)!r} in teacher "
+                f"{name}'s checkpoint {path}"
+            )
+    return out
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
 def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None = None) -> Any:
     """The store contract, with field shapes read off one real forward of every teacher."""
     from bevkd.storage.fields import (
@@ -76,9 +181,15 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
     with torch.no_grad():
         for name in cfg.cache.teachers:
             spec = teacher_runner.TEACHER_FIELDS[name]
-            model, _, _ = teacher_runner.load_teacher_once(
-                teacher_runner.checkpoint_of(cfg, name), device
-            )
+            path = teacher_runner.checkpoint_of(cfg, name)
+            model, teacher_cfg, _ = teacher_runner.load_teacher_once(path, device)
+            if conflicts := teacher_setting_conflicts(cfg, name, teacher_cfg, path):
+                raise BevkdError(
+                    "the cache config contradicts the teacher it runs: "
+                    + "; ".join(conflicts)
+                    + ". The teacher's settings decide what it writes: remove these overrides "
+                    "or set them to the teacher's values"
+                )
             out = teacher_runner.forward_frozen(model, [probe], device)
             for src, dst in teacher_runner.wanted_features(
                 name, cfg.cache.lidar_bev_scales
@@ -136,12 +247,18 @@ def _plan_task(
     return contract.to_dict(), teacher_runner.describe_teachers(cfg, cfg.cache.teachers, device)
 
 
-def prepare_store(cfg: Config, frames: list[Frame], resume: bool = True) -> tuple[Any, list]:
+def prepare_store(
+    cfg: Config,
+    frames: list[Frame],
+    resume: bool = True,
+    repair: bool = False,
+    retry_skipped: bool = False,
+) -> tuple[Any, list]:
     """Plan the store in this process and create it (or reopen it to resume), as :func:`run`
     does; returns its writer and the unwritten shards' :func:`shard_task` arguments
     ``(shard id, frames, first frame index)``."""
     contract, teachers = _plan_task(to_dict(cfg), frames, cfg.cache.torch_threads)
-    return _create_store(cfg, frames, contract, teachers, resume)
+    return _create_store(cfg, frames, contract, teachers, resume, repair, retry_skipped)
 
 
 def shard_task(
@@ -161,26 +278,33 @@ def shard_task(
     ``torch_threads``: torch intra-op threads for this process (0 keeps torch's setting).
     Returns the frames written and the seconds the teachers' forward took.
     """
-    from bevkd.pipeline.cluster import prepare_process, task_device
-    from bevkd.storage.writer import StoreWriter
+    from bevkd.pipeline.cluster import io_threads, prepare_process, task_device
+    from bevkd.storage.writer import ShardAlreadyWritten, StoreWriter
 
     prepare_process(torch_threads)
     cfg = from_dict(Config, cfg_dict)
     writer = StoreWriter.reopen(url, storage_options)
+    writer.threads = io_threads()
     if writer.is_written(shard_id):
         return 0, 0.0
     samples, skipped = teacher_runner.load_shard(cfg, frames, first)
     arrays, boxes, forward = teacher_runner.forward_shard(
         cfg, samples, cfg.cache.teachers, task_device(), batch_size=cfg.train.batch_size
     )
-    writer.write_shard(shard_id, arrays, boxes, skipped)
+    try:
+        writer.write_shard(shard_id, arrays, boxes, skipped)
+    except ShardAlreadyWritten:  # another writer of this store (a concurrent run on object
+        return 0, forward  # storage) finished it first: it wrote these same frames
     return len(frames) - len(skipped), forward
 
 
 def finished_by(cfg: Config) -> Any | None:
-    """The store at ``cfg.store.url`` if it is finalized and was made by exactly this config,
-    these teacher checkpoints (sha256) and these frames; None otherwise (the store is then
-    created, resumed or refused as usual)."""
+    """The store at ``cfg.store.url`` if it is finalized and was made with exactly these
+    cache settings (:func:`cache_settings`), these teacher checkpoints (sha256) and these
+    frames; None otherwise (the store is then created, resumed or refused as usual). The code
+    version is not compared: a finished store stays finished when bevkd is upgraded."""
+    import yaml
+
     from bevkd.pipeline.provenance import sha256_file, sha256_lines
     from bevkd.storage.reader import open_store
     from bevkd.storage.schema import StoreError
@@ -190,7 +314,9 @@ def finished_by(cfg: Config) -> Any | None:
     except StoreError:
         return None
     made = store.provenance
-    if not store.finalized or made.get("config_sha256") != config_sha256(cfg):
+    if not store.finalized:
+        return None
+    if settings_differences(yaml.safe_load(made.get("config") or "{}") or {}, to_dict(cfg)):
         return None
     checkpoints = {
         name: sha256_file(teacher_runner.checkpoint_of(cfg, name)) for name in cfg.cache.teachers
@@ -201,18 +327,34 @@ def finished_by(cfg: Config) -> Any | None:
     return store if made.get("frame_tokens_sha256") == sha256_lines(tokens) else None
 
 
-def run(cfg: Config, resume: bool = True) -> CacheResult:
+def run(
+    cfg: Config, resume: bool = True, repair: bool = False, retry_skipped: bool = False
+) -> CacheResult:
     """Cache ``cfg.cache.teachers`` over ``cfg.cache.splits`` into ``cfg.store.url``. A store
-    this config already finished (:func:`finished_by`) is left as it is: no teacher loads."""
+    this config already finished (:func:`finished_by`) is left as it is: no teacher loads.
+
+    ``repair``: verify the store first and rewrite what is bad (array metadata, the frame
+    index, and every shard with a corrupt, missing or NaN chunk). ``retry_skipped``: rewrite
+    the shards that hold skipped frames, e.g. once their input files are fixed. Both resume an
+    existing store of the same teachers, settings, frames and code, and finalize it again.
+    """
     from bevkd.pipeline.cluster import ClusterStarter
+    from bevkd.storage.remote import check_writable
+    from bevkd.storage.writer import writer_lock
 
     started = time.perf_counter()
-    if resume and (done := finished_by(cfg)) is not None:
+    rewrite = repair or retry_skipped
+    if resume and not rewrite and (done := finished_by(cfg)) is not None:
         seconds = time.perf_counter() - started
         return CacheResult(cfg.store.url, len(done), 0, done.skipped, seconds, {}, 0)
+    if rewrite and not resume:
+        raise BevkdError("--repair and --retry-skipped work on an existing store; drop --no-resume")
+    storage_options = dict(cfg.store.storage_options) or None
+    check_writable(cfg.store.url, storage_options)  # before any teacher loads
     in_process = cfg.cache.n_workers == 0 and not cfg.cache.scheduler
     # A LocalCluster's workers spawn and import torch while this process plans the store.
     with (
+        writer_lock(cfg.store.url),
         contextlib.nullcontext()
         if in_process
         else ClusterStarter(
@@ -220,19 +362,20 @@ def run(cfg: Config, resume: bool = True) -> CacheResult:
             cfg.cache.n_workers,
             cfg.cache.threads_per_worker,
             cfg.cache.torch_threads,
-        )
-    ) as cluster:
+        ) as cluster,
+    ):
         cfg_dict = to_dict(cfg)
         frames = select_frames(cfg)
         if cluster is None:
-            writer, tasks = prepare_store(cfg, frames, resume)
+            writer, tasks = prepare_store(cfg, frames, resume, repair, retry_skipped)
         else:
             client, torch_threads = cluster.result()
             planned = client.submit(_plan_task, cfg_dict, frames, torch_threads, pure=False)
             contract, teachers = planned.result()
-            writer, tasks = _create_store(cfg, frames, contract, teachers, resume)
+            writer, tasks = _create_store(
+                cfg, frames, contract, teachers, resume, repair, retry_skipped
+            )
         prepared = time.perf_counter()
-        storage_options = dict(cfg.store.storage_options) or None
         bar = tqdm(
             total=sum(len(t[1]) for t in tasks), unit="frame", desc="cache-teacher", smoothing=0.1
         )
@@ -270,12 +413,45 @@ def _create_store(
     contract_dict: dict[str, Any],
     teachers: dict[str, Any],
     resume: bool = True,
+    repair: bool = False,
+    retry_skipped: bool = False,
 ) -> tuple[Any, list]:
     """Create (or reopen) the store for ``frames``; return its writer and the unwritten shards'
-    tasks ``(shard id, frames, first frame index)``."""
-    from bevkd.storage.schema import StoreContract, make_provenance
+    tasks ``(shard id, frames, first frame index)``. A store made by other teachers, settings,
+    data or code is refused, naming what differs, before anything is written to it."""
+    from bevkd.storage.layout import STORE_MARKER, read_root_attrs
+    from bevkd.storage.remote import open_zarr_store
+    from bevkd.storage.schema import (
+        ATTRS_CHECKSUM_KEY,
+        StoreContract,
+        StoreError,
+        attrs_sha256,
+        make_provenance,
+    )
     from bevkd.storage.writer import StoreWriter
 
+    storage_options = dict(cfg.store.storage_options) or None
+    existing = read_root_attrs(open_zarr_store(cfg.store.url, storage_options, read_only=False))
+    if resume and existing is not None and existing.get("bevkd_store") == STORE_MARKER:
+        recorded = existing.get(ATTRS_CHECKSUM_KEY)
+        if recorded is not None and recorded != attrs_sha256(existing):
+            raise StoreError(
+                f"cannot resume or repair {cfg.store.url}: its root attrs were changed after "
+                "bevkd wrote them (their checksum fails). They are the store's record of what "
+                "made it, so they cannot be rebuilt in place: copy the store again from a good "
+                "copy, or re-cache into a new URL"
+            )
+        if problems := resume_problems(existing.get("provenance", {}), cfg, teachers):
+            raise StoreError(
+                f"cannot resume {cfg.store.url}: its shards so far were made differently, and "
+                "adding shards of this run would mix two stores in one: "
+                + "; ".join(problems)
+                + ". Rerun with the store's settings, or choose a new store.url"
+            )
+    elif repair or retry_skipped:
+        raise StoreError(
+            f"--repair / --retry-skipped: there is no bevkd store at {cfg.store.url} to repair"
+        )
     contract = StoreContract.from_dict(contract_dict)
     tokens = [f.token for f in frames]
     provenance = make_provenance(
@@ -292,8 +468,10 @@ def _create_store(
     writer = StoreWriter.create(
         cfg.store.url, contract, tokens, [f.scene for f in frames], [f.split for f in frames],
         [f.has_label for f in frames], provenance, shard_size=cfg.store.shard_size,
-        storage_options=dict(cfg.store.storage_options) or None, resume=resume,
+        storage_options=storage_options, resume=resume,
     )  # fmt: skip
+    if repair or retry_skipped:
+        _mark_for_rewrite(writer, frames, repair, retry_skipped)
     if "://" not in cfg.store.url:
         save_resolved(cfg, Path(cfg.store.url).parent / (Path(cfg.store.url).name + ".config"))
     tasks = [
@@ -301,6 +479,35 @@ def _create_store(
         for s in writer.pending_shards()
     ]
     return writer, tasks
+
+
+def _mark_for_rewrite(writer: Any, frames: list[Frame], repair: bool, retry_skipped: bool) -> None:
+    """Unmark the shards a repair (bad chunks) or a retry (skipped frames) rewrites, after
+    mending the array metadata and the frame index in place (``repair``)."""
+    from bevkd.storage import layout
+    from bevkd.storage.verify import verify_store
+
+    url = writer.url
+    redo: set[int] = set()
+    if repair:
+        report = verify_store(url, writer.storage_options)  # attrs: checked by _create_store
+        if report.bad_metadata or not report.index_ok:
+            if report.bad_metadata:
+                writer.rewrite_metadata(sorted(set(report.bad_metadata)))
+            if not report.index_ok:
+                writer.rewrite_index(
+                    [f.token for f in frames], [f.scene for f in frames],
+                    [f.split for f in frames], [f.has_label for f in frames],
+                )  # fmt: skip
+            report = verify_store(url, writer.storage_options)
+        redo |= report.bad_shards
+        if report.problems and not redo:  # only metadata was wrong: finalize (consolidate) again
+            layout.update_attrs(writer._group, {"finalized": False})
+    if retry_skipped:
+        skipped = np.flatnonzero(np.asarray(writer._group[layout.index_key("skipped")][:]))
+        redo |= {int(i) // writer.shard_size for i in skipped}
+    if chosen := writer.unmark(sorted(redo)):
+        tqdm.write(f"cache-teacher: rewriting shards {chosen} of {url}")
 
 
 def _run_in_process(

@@ -1,7 +1,7 @@
 """Stage two: train a camera student against the teacher store (``bevkd train-student``).
 
 Start-up does the checks that must not wait for a DataLoader worker: the recipe's store fields
-against the store's contract (grid, classes, fields and shapes; :mod:`bevkd.distill.contract`),
+against the store's contract (grid, classes, fields and shapes; :mod:`bevkd.stages.student_contract`),
 every training frame present in the store, and the frames the teacher skipped left out (their
 count printed). Then :func:`bevkd.stages.loop.fit` trains ``StudentObjective`` (the student
 and its recipe) and validates on the val split with the dataset's own metric.
@@ -20,13 +20,13 @@ from bevkd.datasets.cached import CachedTargets, SamplesOnly, worker_context
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
 from bevkd.datasets.student_batch import collate_student
-from bevkd.distill.contract import check_store
 from bevkd.distill.recipes import Recipe, build_recipe
 from bevkd.models.checkpoint import init_from_checkpoint
 from bevkd.pipeline.config import Config, ConfigError, save_resolved
 from bevkd.pipeline.distributed import DistInfo, cleanup_distributed, setup_distributed
 from bevkd.pipeline.errors import BevkdError
 from bevkd.stages.loop import TrainResult, fit
+from bevkd.stages.student_contract import check_store
 
 
 class StudentObjective(nn.Module):

@@ -2,9 +2,9 @@
 
 Objects are copied as bytes (no decode/re-encode), chunks first and the root ``zarr.json``
 last, so an interrupted copy is not mistaken for a store. A rerun skips objects already
-at the destination with the same size (object stores write whole objects; LocalStore
-writes through a temporary file and a rename). Afterwards the destination is verified:
-same keys and sizes as the source, metadata byte-identical, and every chunk decoded
+at the destination with the same bytes (the same size and blake2b digest: a damaged or stale
+object of the right size is copied again, so a rerun repairs). Afterwards the destination is
+verified: same keys and sizes as the source, metadata byte-identical, and every chunk decoded
 through its crc32c (:func:`bevkd.storage.verify.verify_store`).
 """
 
@@ -14,10 +14,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from bevkd.storage.layout import STORE_MARKER, read_root_attrs
 from bevkd.storage.remote import object_sizes, open_zarr_store, run_sync
 from bevkd.storage.schema import StoreError
 from bevkd.storage.verify import VerifyReport, summarize, verify_store
-from bevkd.storage.writer import STORE_MARKER, read_root_attrs
 
 ROOT_META = "zarr.json"
 
@@ -53,6 +53,14 @@ def copy_store(
     dst_sizes = object_sizes(target)
     # Metadata is small and may have changed (e.g. the source was finalized since): always copy it.
     todo = [k for k in src_keys if dst_sizes.get(k) != src_sizes[k] or k.endswith(ROOT_META)]
+    # An object of the right size may still hold other bytes (a damaged or stale copy): compare
+    # digests of the rest, and copy those that differ.
+    queued = set(todo)
+    same_size = [k for k in src_keys if k not in queued]
+    if same_size:
+        src_digests = _digests(source, same_size, concurrency)
+        dst_digests = _digests(target, same_size, concurrency)
+        todo += [k for k in same_size if src_digests[k] != dst_digests[k]]
     chunks = [k for k in todo if not k.endswith(ROOT_META)]
     metas = sorted(
         (k for k in todo if k.endswith(ROOT_META)), key=lambda k: (k == ROOT_META, -k.count("/"))
@@ -64,6 +72,27 @@ def copy_store(
             f"copy {src} -> {dst}: verification failed: {summarize(report)}; rerun copy to repair"
         )
     return CopyResult(len(todo), len(src_keys) - len(todo), copied, report)
+
+
+def _digests(store: Any, keys: list[str], concurrency: int) -> dict[str, str]:
+    """key -> blake2b digest of the object's bytes ("" if it is gone)."""
+    import hashlib
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+
+    async def run() -> list[str]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: str) -> str:
+            async with gate:
+                data = await store.get(key, proto)
+                return "" if data is None else hashlib.blake2b(data.to_bytes()).hexdigest()
+
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    return dict(zip(keys, run_sync(run()), strict=True))
 
 
 def _copy_keys(source: Any, target: Any, keys: list[str], concurrency: int) -> int:

@@ -66,17 +66,17 @@ def finalize_store(
     skipped = {str(i): str(reasons[i]) for i in np.flatnonzero(skipped_mask)}
     result = {"stats": stats, "codec_error": errors, "stored": stored, "skipped": skipped}
     if nan_frames:
-        group.attrs.update({**result, "finalized": False})
+        layout.update_attrs(group, {**result, "finalized": False})
         named = "; ".join(
             f"{name}: frames {', '.join(f'{i} ({tokens[i]})' for i in frames[:MAX_NAMED])}"
             + (f" and {len(frames) - MAX_NAMED} more" if len(frames) > MAX_NAMED else "")
             for name, frames in nan_frames.items()
         )
         raise StoreError(
-            f"cannot finalize {url}: NaN values in {named}; fix the teacher or skip those frames, "
-            "then rewrite their shards in a new store"
+            f"cannot finalize {url}: NaN values in {named}; fix the teacher or its inputs, then "
+            "rerun cache-teacher with --repair to rewrite their shards"
         )
-    group.attrs.update({**result, "finalized": {"at": now_iso()}})
+    layout.update_attrs(group, {**result, "finalized": {"at": now_iso()}})
     with quiet_zarr():
         zarr.consolidate_metadata(open_zarr_store(url, storage_options, read_only=False))
     return result

@@ -19,14 +19,14 @@ of different shards never read-modify-write a shared object.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from bevkd.storage.codecs import ZSTD_LEVEL, array_plans
-from bevkd.storage.schema import FieldSpec
+from bevkd.storage.schema import ATTRS_CHECKSUM_KEY, FieldSpec, attrs_sha256
 
 INDEX_ONE_CHUNK = ("token", "scene", "split", "has_label")
 INDEX_PER_SHARD = ("skipped", "skip_reason")
@@ -34,9 +34,49 @@ MARKS = "shards/written"
 STAT_KEYS = ("count", "sum", "sumsq", "min", "max", "nan", "err_max", "err_sumsq", "absmax")
 
 
+STORE_MARKER = (
+    "bevkd teacher store"  # root attr "bevkd_store" of a created store ("creating" before)
+)
+
+
+def frames_sha256(
+    tokens: Sequence[str], scenes: Sequence[str], splits: Sequence[str], has_label: Sequence[bool]
+) -> str:
+    """Hash of the frame list a store was created for: a resume must present the same, and the
+    index arrays must still hash to it (``verify``; the reader refuses a store whose do not)."""
+    from bevkd.pipeline.provenance import sha256_lines
+
+    return sha256_lines(
+        [
+            f"{t}\t{s}\t{p}\t{int(bool(h))}"
+            for t, s, p, h in zip(tokens, scenes, splits, has_label, strict=True)
+        ]
+    )
+
+
+def read_root_attrs(store: Any) -> dict[str, Any] | None:
+    """The root group's attrs, or None when there is no group at all. A remote store that
+    cannot be reached is one clear :class:`StoreError` line."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    from bevkd.storage.remote import reach, store_url, unreachable
+
+    reach(store)
+    try:
+        return dict(zarr.open_group(store, mode="r").attrs.asdict())
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    except Exception as exc:
+        if isinstance(store, LocalStore):
+            raise
+        raise unreachable(store_url(store), exc) from exc
+
+
 # Chunk keys "c.<i>.0.0" (schema 2): one object per chunk, no directory per frame. Schema 1
 # stores used zarr's default "c/<i>/0/0", which cost three mkdirs per frame and field.
 CHUNK_SEPARATOR = "."
+CHUNK_SEPARATORS = {1: "/", 2: CHUNK_SEPARATOR}  # schema version -> chunk key separator
 
 
 def chunk_key(array: Any, coords: tuple[int, ...]) -> str:
@@ -75,9 +115,10 @@ def writing_config() -> Iterator[None]:
 
 
 def array_table(
-    fields: tuple[FieldSpec, ...], n_frames: int, shard_size: int
+    fields: tuple[FieldSpec, ...], n_frames: int, shard_size: int, separator: str = CHUNK_SEPARATOR
 ) -> dict[str, dict[str, Any]]:
-    """Every array of a store: key -> ``create_array`` keywords."""
+    """Every array of a store: key -> ``create_array`` keywords (``separator``: of chunk keys,
+    see :data:`CHUNK_SEPARATORS`)."""
     n = max(n_frames, 1)
     num_shards = max(-(-n_frames // shard_size), 1)
     comp = compressors()
@@ -112,7 +153,7 @@ def array_table(
         }
     for kwargs in table.values():
         kwargs["compressors"] = comp
-        kwargs["chunk_key_encoding"] = {"name": "default", "separator": CHUNK_SEPARATOR}
+        kwargs["chunk_key_encoding"] = {"name": "default", "separator": separator}
     return table
 
 
@@ -160,6 +201,39 @@ def create_store(store: Any, fields: tuple[FieldSpec, ...], n_frames: int, shard
     keys = run_sync(all_keys())
     run_sync(upload([k for k in keys if k != "zarr.json"]))
     run_sync(upload(["zarr.json"]))
+
+
+def update_attrs(group: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change root attrs and their checksum in one write of the root metadata; return them."""
+    merged = {**dict(group.attrs.asdict()), **changes}
+    group.attrs.update({**changes, ATTRS_CHECKSUM_KEY: attrs_sha256(merged)})
+    return merged
+
+
+def expected_metadata(
+    fields: tuple[FieldSpec, ...], n_frames: int, shard_size: int, schema_version: int
+) -> dict[str, dict[str, Any]]:
+    """Every array's ``zarr.json`` document as :func:`create_store` writes it: key -> JSON."""
+    import json
+
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
+    from bevkd.storage.remote import run_sync
+
+    memory = zarr.storage.MemoryStore()
+    staged = zarr.open_group(memory, mode="w", zarr_format=3)
+    separator = CHUNK_SEPARATORS.get(schema_version, CHUNK_SEPARATOR)
+    table = array_table(fields, n_frames, shard_size, separator)
+    with writing_config():
+        for key, kw in table.items():
+            staged.create_array(key, **kw)
+    proto = default_buffer_prototype()
+
+    async def read(key: str) -> Any:
+        return await memory.get(f"{key}/zarr.json", proto)
+
+    return {key: json.loads(run_sync(read(key)).to_bytes()) for key in table}
 
 
 def marked_shards(store: Any) -> set[int]:

@@ -15,14 +15,21 @@ import numpy as np
 
 from bevkd.storage import codecs, layout
 from bevkd.storage.fastread import FastArray, fetch
-from bevkd.storage.remote import open_zarr_store, quiet_zarr, run_sync
+from bevkd.storage.layout import STORE_MARKER, frames_sha256
+from bevkd.storage.remote import (
+    is_local,
+    open_zarr_store,
+    quiet_zarr,
+    reach,
+    run_sync,
+    unreachable,
+)
 from bevkd.storage.schema import (
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     StoreContract,
     StoreError,
 )
-from bevkd.storage.writer import STORE_MARKER
 
 
 class FrameSkipped(StoreError):
@@ -39,16 +46,19 @@ class TeacherStore:
         url: str,
         storage_options: dict[str, Any] | None = None,
         expect: StoreContract | None = None,
+        check_index: bool = True,
     ):
         self.url = str(url)
         self.storage_options = storage_options
         self._expect = expect
+        self._check_index = check_index
         self._open()
 
     def _open(self) -> None:
         import zarr
 
         store = open_zarr_store(self.url, self.storage_options, read_only=True)
+        reach(store, self.url)
         try:
             with quiet_zarr():
                 self._group = zarr.open_group(store, mode="r")
@@ -56,6 +66,10 @@ class TeacherStore:
             raise StoreError(
                 f"{self.url}: no zarr store here; check the URL (and --storage-options)"
             ) from exc
+        except Exception as exc:
+            if is_local(self.url):
+                raise
+            raise unreachable(self.url, exc) from exc
         attrs: dict[str, Any] = dict(self._group.attrs.asdict())
         if attrs.get("bevkd_store") != STORE_MARKER:
             state = (
@@ -76,10 +90,21 @@ class TeacherStore:
         self.provenance: dict[str, Any] = attrs.get("provenance", {})
         self.num_frames = int(attrs["num_frames"])
         self.shard_size = int(attrs["shard_size"])
-        self.tokens: list[str] = [str(t) for t in self._group[layout.index_key("token")][:]]
-        self.scenes: list[str] = [str(t) for t in self._group[layout.index_key("scene")][:]]
-        self.splits: list[str] = [str(t) for t in self._group[layout.index_key("split")][:]]
-        self.has_label = np.asarray(self._group[layout.index_key("has_label")][:], dtype=bool)
+        index = {name: self._index_array(name) for name in layout.INDEX_ONE_CHUNK}
+        self.tokens: list[str] = [str(t) for t in index["token"]]
+        self.scenes: list[str] = [str(t) for t in index["scene"]]
+        self.splits: list[str] = [str(t) for t in index["split"]]
+        self.has_label = np.asarray(index["has_label"], dtype=bool)
+        self.index_intact = attrs.get("frames_sha256") == frames_sha256(
+            self.tokens, self.scenes, self.splits, self.has_label.tolist()
+        )
+        if self._check_index and not self.index_intact:
+            raise StoreError(
+                f"{self.url}: its frame index (index/token, scene, split, has_label) does not "
+                "match the frame list recorded when the store was created (a chunk is missing or "
+                f"was changed); run `bevkd store verify {self.url}`, then `bevkd cache-teacher "
+                "--repair` with the store's config to rewrite it"
+            )
         self._index = {t: i for i, t in enumerate(self.tokens)}
         self.finalized = bool(attrs.get("finalized"))
         self._skipped: dict[int, str] | None = (
@@ -89,9 +114,29 @@ class TeacherStore:
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, FastArray | None] | None = None
 
+    def _index_array(self, name: str) -> np.ndarray:
+        key = layout.index_key(name)
+        try:
+            return np.asarray(self._group[key][:])
+        except KeyError:
+            raise StoreError(
+                f"{self.url}: the index array {key} is missing (its zarr.json is gone); run "
+                f"`bevkd store verify {self.url}`, then `bevkd cache-teacher --repair`"
+            ) from None
+        except ValueError as exc:  # its chunk fails the crc32c check
+            raise StoreError(
+                f"{self.url}: the index array {key} is corrupt ({exc}); run `bevkd store verify "
+                f"{self.url}`, then `bevkd cache-teacher --repair`"
+            ) from exc
+
     # Pickle the address, not the handles: each process opens its own.
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options, "expect": self._expect}
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "expect": self._expect,
+            "check_index": self._check_index,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.url, self.storage_options, self._expect = (
@@ -99,6 +144,7 @@ class TeacherStore:
             state["storage_options"],
             state["expect"],
         )
+        self._check_index = state.get("check_index", True)
         self._open()
 
     def __len__(self) -> int:

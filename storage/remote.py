@@ -134,3 +134,77 @@ def quiet_zarr() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         yield
+
+
+def unreachable(url: str, exc: BaseException) -> StoreError:
+    """One line for a remote store that cannot be reached: no credentials, a dead endpoint, a
+    missing bucket or a refused request (instead of the client library's long traceback)."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StoreError(
+        f"store {url}: cannot reach it ({type(exc).__name__}{': ' + detail if detail else ''}); "
+        "check the endpoint (--endpoint, or endpoint_url in store.storage_options), the "
+        "credentials (key/secret in the storage options, or the AWS_* environment) and that the "
+        "bucket exists"
+    )
+
+
+def store_url(store: Any) -> str:
+    """The URL a zarr store object was opened at, for messages."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if isinstance(store, LocalStore):
+        return str(store.root)
+    if isinstance(store, FsspecStore):
+        protocol = store.fs.protocol
+        scheme = protocol[0] if isinstance(protocol, tuple | list) else protocol
+        return f"{scheme}://{store.path}"
+    return repr(store)
+
+
+def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail now, in one line, if a store cannot be written at ``url``: a local path that is a
+    file or lies on a read-only location, or a remote store that cannot be reached. Called
+    before any teacher loads, so a wrong URL costs a second, not the teachers' start-up."""
+    import os
+    import tempfile
+
+    if is_local(url):
+        path = local_path(url)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"store {url} is a file, not a store directory; choose another path")
+        place = path
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            raise StoreError(
+                f"store {url}: {place} is a file, so no directory can be made under it; "
+                "choose another path"
+            )
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StoreError(
+                f"store {url}: cannot write under {place} ({reason}); choose a writable location"
+            ) from None
+        return
+    reach(open_zarr_store(url, storage_options, read_only=False), url)
+
+
+def reach(store: Any, url: str | None = None) -> None:
+    """One request to a remote store (nothing for a local one), raising :func:`unreachable`'s
+    one line if it fails. Done before zarr's first read, which sends several requests at once
+    and, when they fail, leaves the others to print tracebacks at exit."""
+    from zarr.storage import LocalStore
+
+    if isinstance(store, LocalStore):
+        return
+
+    async def probe() -> bool:
+        return bool(await store.exists("zarr.json"))
+
+    try:
+        run_sync(probe())
+    except Exception as exc:  # the client library's many failure types: one line for the user
+        raise unreachable(url or store_url(store), exc) from exc

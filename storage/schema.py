@@ -284,6 +284,28 @@ def make_provenance(
     }
 
 
+ATTRS_CHECKSUM_KEY = "attrs_sha256"
+
+
+def attrs_sha256(attrs: dict[str, Any]) -> str:
+    """sha256 of a store's root attrs (canonical JSON), leaving out the checksum's own key.
+
+    Written at creation and at every later change of the attrs (finalize, a repair), so
+    ``verify`` can tell attrs edited by hand or damaged in transit from the ones bevkd wrote.
+    """
+    import hashlib
+    import json
+
+    body = {k: v for k, v in attrs.items() if k != ATTRS_CHECKSUM_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` with their checksum (:func:`attrs_sha256`) under :data:`ATTRS_CHECKSUM_KEY`."""
+    return {**attrs, ATTRS_CHECKSUM_KEY: attrs_sha256(attrs)}
+
+
 PROVENANCE_KEYS = (
     "teacher",
     "checkpoint_sha256",

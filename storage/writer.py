@@ -12,53 +12,34 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from bevkd.pipeline.cluster import io_threads
-from bevkd.pipeline.provenance import sha256_lines
 from bevkd.storage import codecs, layout
 from bevkd.storage.fastwrite import ChunkEncoder, put_objects
-from bevkd.storage.remote import is_local, open_zarr_store, run_sync
+from bevkd.storage.layout import STORE_MARKER, frames_sha256, read_root_attrs
+from bevkd.storage.remote import (
+    is_local,
+    open_zarr_store,
+    run_sync,
+)
 from bevkd.storage.schema import (
     SCHEMA_VERSION,
     ContractMismatch,
     FieldSpec,
     StoreContract,
     StoreError,
+    sealed,
 )
 from bevkd.storage.stats import shard_stats
-
-STORE_MARKER = "bevkd teacher store"
 
 
 class ShardAlreadyWritten(StoreError):
     """A writer touched a shard that is already marked written."""
-
-
-def frames_sha256(
-    tokens: Sequence[str], scenes: Sequence[str], splits: Sequence[str], has_label: Sequence[bool]
-) -> str:
-    """Hash of the frame list a store was created for (resume must present the same)."""
-    return sha256_lines(
-        [
-            f"{t}\t{s}\t{p}\t{int(bool(h))}"
-            for t, s, p, h in zip(tokens, scenes, splits, has_label, strict=True)
-        ]
-    )
-
-
-def read_root_attrs(store: Any) -> dict[str, Any] | None:
-    """The root group's attrs, or None when there is no group at all."""
-    import zarr
-
-    try:
-        return dict(zarr.open_group(store, mode="r").attrs.asdict())
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return None
 
 
 _OPEN_WRITERS: dict[tuple[str, str], StoreWriter] = {}
@@ -82,7 +63,7 @@ class StoreWriter:
         self._arrays: dict[str, Any] = {}
         self._encoders: dict[str, ChunkEncoder | None] = {}
         self._lock = threading.Lock()
-        self.threads = io_threads()
+        self.threads = min(8, os.cpu_count() or 1)  # a cluster task sets its share
 
     # -- creation ------------------------------------------------------------------------
 
@@ -135,7 +116,7 @@ class StoreWriter:
             layout.index_key("split"): np.asarray(list(splits), dtype=object),
             layout.index_key("has_label"): np.asarray(has_label, dtype=bool),
         }
-        attrs = {
+        attrs = sealed({
             "bevkd_store": STORE_MARKER,
             **contract.to_dict(),
             "provenance": provenance,
@@ -144,7 +125,7 @@ class StoreWriter:
             "num_shards": -(-n // shard_size),
             "frames_sha256": frames_hash,
             "finalized": False,
-        }
+        })  # fmt: skip
         # A half-created store (marker "creating") has no written shard yet: it is redone.
         layout.create_store(store, contract.fields, n, shard_size, index, attrs)
         group = zarr.open_group(store, mode="r+")
@@ -318,6 +299,77 @@ class StoreWriter:
             os.sync()  # the data must be durable before the mark says so
         self._array(layout.MARKS)[shard_id] = 1
 
+    # -- repair --------------------------------------------------------------------------
+
+    def unmark(self, shards: Sequence[int]) -> list[int]:
+        """Mark ``shards`` unwritten, so the next resume rewrites them whole; return them.
+
+        The store stops being finalized first (a finalized store promises every shard), so a
+        crash in between leaves an unfinalized store whose marks are still true.
+        """
+        chosen = sorted({int(s) for s in shards})
+        for shard in chosen:
+            self.shard_frames(shard)  # range check
+        if not chosen:
+            return []
+        self._attrs = layout.update_attrs(self._group, {"finalized": False})
+        marks = self._array(layout.MARKS)
+        raw = self._group.store
+
+        async def delete() -> None:
+            await asyncio.gather(*(raw.delete(layout.chunk_key(marks, (s,))) for s in chosen))
+
+        run_sync(delete())
+        return chosen
+
+    def rewrite_index(self, tokens: Sequence[str], scenes: Sequence[str], splits: Sequence[str],
+                      has_label: Sequence[bool]) -> None:  # fmt: skip
+        """Rewrite the frame index (token, scene, split, has_label) from the frame list the
+        store was created for (refused for any other list)."""
+        if frames_sha256(tokens, scenes, splits, has_label) != self._attrs["frames_sha256"]:
+            raise StoreError(
+                f"store {self.url}: cannot rewrite its index from another frame list than the "
+                "one it was created for"
+            )
+        values = {
+            "token": np.asarray(list(tokens), dtype=object),
+            "scene": np.asarray(list(scenes), dtype=object),
+            "split": np.asarray(list(splits), dtype=object),
+            "has_label": np.asarray(has_label, dtype=bool),
+        }
+        self._write_with_zarr([(layout.index_key(k), slice(None), v) for k, v in values.items()])
+        self._has_label = values["has_label"]
+
+    def rewrite_metadata(self, keys: Sequence[str]) -> None:
+        """Rewrite the ``zarr.json`` of these arrays as creation wrote them (see
+        :func:`~bevkd.storage.layout.expected_metadata`)."""
+        import json
+
+        from zarr.core.buffer import default_buffer_prototype
+
+        expected = layout.expected_metadata(
+            self.contract.fields, self.num_frames, self.shard_size, self.contract.schema_version
+        )
+        if unknown := sorted(set(keys) - set(expected)):
+            raise StoreError(f"store {self.url}: no declared arrays {unknown}")
+        proto = default_buffer_prototype()
+        raw = self._group.store
+
+        async def put() -> None:
+            await asyncio.gather(
+                *(
+                    raw.set(
+                        f"{k}/zarr.json",
+                        proto.buffer.from_bytes(json.dumps(expected[k], indent=2).encode()),
+                    )
+                    for k in keys
+                )
+            )
+
+        run_sync(put())
+        self._arrays.clear()
+        self._encoders.clear()
+
     def _encoder(self, key: str) -> ChunkEncoder | None:
         with self._lock:
             if key not in self._encoders:
@@ -426,3 +478,45 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
         else:
             out.append((i, i + 1))
     return out
+
+
+@contextmanager
+def writer_lock(url: str) -> Iterator[None]:
+    """Hold the store's writer lock (local stores: an exclusive ``flock`` on ``<store>.lock``
+    beside it) for one cache run; a second run on the same store fails at once, naming the
+    holder, instead of reading the first one's half-made store as corruption.
+
+    Object stores have no lock: there concurrent runs are safe once the store exists (a shard
+    that another run marked first is skipped), but two runs must not create it at once.
+    """
+    if not is_local(url):
+        yield
+        return
+    import fcntl
+    import socket
+
+    from bevkd.pipeline.provenance import now_iso
+    from bevkd.storage.remote import local_path
+
+    path = local_path(url)
+    lock = path.parent / f"{path.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(
+                f"store {url} is being written by another cache-teacher ({holder}); wait for it "
+                "to finish (a rerun afterwards resumes and skips what it wrote), or choose "
+                "another store.url"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now_iso()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

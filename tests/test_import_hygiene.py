@@ -27,7 +27,7 @@ STUDENT_SIDE_MODULES: tuple[str, ...] = (
     "bevkd.models.camera_student",
     "bevkd.distill.losses",
     "bevkd.distill.recipes",
-    "bevkd.distill.contract",
+    "bevkd.stages.student_contract",
     "bevkd.stages.train_student",
     "bevkd.datasets.dataset",
     "bevkd.distill",

@@ -14,13 +14,21 @@ from shapely.geometry import Point, Polygon
 from bevkd.datasets.frame import Batch
 from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
 from bevkd.models.builders import build_teacher
-from bevkd.models.checkpoint import load_teacher, save_checkpoint
+from bevkd.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    load_teacher,
+    save_checkpoint,
+)
 from bevkd.models.head import CenterHead
 from bevkd.models.label_encoder import LabelEncoder, LabelEncoderTeacher, rasterize_labels
 from bevkd.models.lidar_teacher import LidarTeacher
 from bevkd.models.pillar_encoder import PillarEncoder
-from bevkd.pipeline.config import Config, ConfigError, GridConfig, HeadConfig
+from bevkd.pipeline.config import Config, ConfigError, GridConfig, HeadConfig, to_dict
 from bevkd.pipeline.geometry import NUSCENES_CLASSES, BEVGrid
+from bevkd.pipeline.provenance import sha256_file
+from bevkd.stages import teacher_runner
 
 GRID = BEVGrid(-8.0, -8.0, 8.0, 8.0, 0.5)
 K = 10
@@ -250,3 +258,130 @@ def test_builder_wraps_the_checkpointed_lidar_teacher(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="grid of this config"):
         build_teacher(other_grid)
+
+
+def _label_batch() -> Batch:
+    return Batch(
+        tokens=["a", "b"],
+        indices=torch.arange(2),
+        has_label=torch.tensor([True, True]),
+        images=torch.zeros(2, 1, 3, 8, 8),
+        cam2img=torch.eye(4).expand(2, 1, 4, 4),
+        cam2ego=torch.eye(4).expand(2, 1, 4, 4),
+        img_aug=torch.eye(4).expand(2, 1, 4, 4),
+        bev_aug=torch.eye(4).expand(2, 4, 4),
+        points=torch.zeros(0, 6),
+        gt_boxes=[
+            torch.tensor([[4.0, 1.0, 0.0, 4.2, 1.9, 1.6, 0.3, 1.0, 0.0]]),
+            torch.tensor([[-6.0, 6.0, 0.0, 10.0, 2.5, 3.5, 2.0, 0.0, 0.0]]),
+        ],
+        gt_labels=[torch.tensor([0]), torch.tensor([3])],
+        depth=torch.zeros(2, 1, 1, 1),
+    )
+
+
+def _outputs(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = model(batch, decode=True)
+    return {
+        **out.features,
+        "heatmap": out.head.heatmap,
+        "regression": out.head.regression,
+        **{f"boxes{i}": d.boxes for i, d in enumerate(out.detections)},
+    }
+
+
+def test_label_encoder_checkpoint_loads_without_the_lidar_checkpoint(tmp_path, monkeypatch) -> None:
+    """The label-encoder checkpoint embeds its LiDAR teacher's config (weights are in its
+    state_dict), so it loads, by every loader, after that teacher's file moved away."""
+    monkeypatch.setattr(teacher_runner, "_LOADED", {})
+    torch.manual_seed(0)
+    lidar_cfg = _small_cfg(kind="lidar")
+    lidar_path = save_checkpoint(
+        tmp_path / "lidar" / "best.pt", build_teacher(lidar_cfg), lidar_cfg
+    )
+    lidar_sha = sha256_file(lidar_path)
+    label_cfg = _small_cfg(
+        kind="label_encoder", checkpoint=str(lidar_path), label_encoder_channels=8
+    )
+    model = build_teacher(label_cfg)
+    batch = _label_batch()
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):  # a tiny training run: the encoder's weights are no longer the initial ones
+        loss = sum(model.loss(model(batch), batch).values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    label_path = save_checkpoint(tmp_path / "label" / "best.pt", model, label_cfg)
+    expected = _outputs(model.eval(), batch)
+    assert expected["boxes0"].numel() > 0
+
+    source = load_checkpoint(label_path)["sources"]["lidar_teacher"]
+    assert source["config"] == to_dict(lidar_cfg)
+    assert source["sha256"] == lidar_sha and source["checkpoint"] == str(lidar_path)
+
+    lidar_path.rename(tmp_path / "moved.pt")
+    assert not lidar_path.exists()
+    loaders = {
+        "load_model": lambda: load_model(label_path),
+        "load_teacher": lambda: load_teacher(label_path),
+        "teacher_runner": lambda: teacher_runner.load_teacher_once(
+            str(label_path), torch.device("cpu")
+        ),
+    }
+    for name, load in loaders.items():
+        loaded, loaded_cfg, sha = load()
+        assert isinstance(loaded, LabelEncoderTeacher), name
+        assert loaded_cfg == label_cfg and sha == sha256_file(label_path), name
+        assert not loaded.training and not any(
+            p.requires_grad for p in loaded.lidar_teacher.parameters()
+        )
+        got = _outputs(loaded, batch)
+        assert got.keys() == expected.keys(), name
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, msg=f"{name}: {key}")
+        # Saved again, the rebuilt model still embeds where its teacher came from.
+        again = save_checkpoint(tmp_path / f"{name}.pt", loaded, loaded_cfg)
+        assert load_checkpoint(again)["sources"]["lidar_teacher"] == source
+
+
+def test_old_label_encoder_checkpoint_needs_its_lidar_checkpoint(tmp_path) -> None:
+    """A checkpoint written before sources were embedded still loads through model.checkpoint,
+    and says what to do when that file is gone."""
+    torch.manual_seed(0)
+    lidar_cfg = _small_cfg(kind="lidar")
+    lidar_path = save_checkpoint(tmp_path / "lidar.pt", build_teacher(lidar_cfg), lidar_cfg)
+    label_cfg = _small_cfg(
+        kind="label_encoder", checkpoint=str(lidar_path), label_encoder_channels=8
+    )
+    model = build_teacher(label_cfg)
+    label_path = save_checkpoint(tmp_path / "label.pt", model, label_cfg)
+    payload = load_checkpoint(label_path)
+    payload.pop("sources")
+    torch.save(payload, label_path)
+
+    loaded, _, _ = load_model(label_path)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+    lidar_path.unlink()
+    with pytest.raises(CheckpointError, match=r"label\.pt.*lidar\.pt.*Put that checkpoint back"):
+        load_teacher(label_path)
+
+
+def test_label_encoder_needs_a_lidar_source_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    label_cfg = _small_cfg(kind="label_encoder", label_encoder_channels=8)
+    lidar_path = save_checkpoint(
+        tmp_path / "lidar.pt", build_teacher(_small_cfg(kind="lidar")), _small_cfg(kind="lidar")
+    )
+    nested = dataclasses.replace(
+        label_cfg, model=dataclasses.replace(label_cfg.model, checkpoint=str(lidar_path))
+    )
+    label_path = save_checkpoint(tmp_path / "label.pt", build_teacher(nested), nested)
+    with pytest.raises(ConfigError, match=r"label\.pt holds a 'label_encoder' teacher.*'lidar'"):
+        build_teacher(
+            dataclasses.replace(
+                label_cfg, model=dataclasses.replace(label_cfg.model, checkpoint=str(label_path))
+            )
+        )

@@ -32,6 +32,18 @@ from bevkd.pipeline.options import config_options, resolve
     help="First generate the synthetic world if data.synthetic_preset declares one and it is absent, "
     "and train missing teacher checkpoints with the configs in cache.teacher_configs.",
 )
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Verify the store, then rewrite what is bad: array metadata, the frame index, and every "
+    "shard with a corrupt, missing or NaN chunk; then finalize it again.",
+)
+@click.option(
+    "--retry-skipped",
+    is_flag=True,
+    help="Rewrite the shards that hold skipped frames (e.g. after fixing their input files), "
+    "then finalize again.",
+)
 def command(
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -39,6 +51,8 @@ def command(
     scheduler: str | None,
     workers: int | None,
     build_missing: bool,
+    repair: bool,
+    retry_skipped: bool,
 ) -> None:
     """Run the teachers in cache.teachers (lidar, fusion, label_encoder) once over the frames of
     cache.splits (labelled train/val keyframes and unlabeled sweeps or KITTI raw frames) and
@@ -51,13 +65,18 @@ def command(
     tasks at once: by default 2 with CUDA, whose teacher forwards take turns on the GPU while
     the other task loads frames or writes its shard, and 1 on CPU, where the forward's
     threads already use every core.
-    Frames that fail to load are recorded as skipped with their reason (see `bevkd store info`).
+    Frames that fail to load (a missing or truncated file, a point file with no points or with
+    NaN/inf) are recorded as skipped with their reason (see `bevkd store info`); once their
+    inputs are fixed, --retry-skipped rewrites their shards. A resume refuses a store that
+    other teacher weights, cache settings, frames or code began, naming what differs.
+    `bevkd store verify` finds bad chunks; --repair rewrites them.
 
     \b
     Examples:
       bevkd cache-teacher --config configs/demo/cache.yaml --build-missing   # the demo, from nothing
       bevkd cache-teacher --config configs/demo/cache.yaml --store s3://bucket/teacher.zarr
       bevkd cache-teacher --config configs/nuscenes/cache.yaml --scheduler tcp://host:8786
+      bevkd cache-teacher --config configs/demo/cache.yaml --repair          # after a failed verify
     """
     extra = list(overrides)
     if store_url:
@@ -73,8 +92,14 @@ def command(
         prepare_teachers(cfg)
     from bevkd.stages.cache_teacher import run
 
-    result = run(cfg)
+    result = run(cfg, repair=repair, retry_skipped=retry_skipped)
     click.echo(
         f"store {result.url}: {result.frames} frames, {result.shards_written} shards written this run, "
         f"{len(result.skipped)} skipped, {result.seconds:.1f} s"
     )
+    if result.skipped:
+        first, reason = next(iter(sorted(result.skipped.items())))
+        click.echo(
+            f"skipped frames (first: {first}: {reason}); see `bevkd store info {result.url}`, "
+            "and rerun with --retry-skipped once their inputs are fixed"
+        )
