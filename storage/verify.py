@@ -90,9 +90,16 @@ def verify_store(url: str, storage_options: dict[str, Any] | None = None) -> Ver
     _check_attrs(attrs, report)
     contract = StoreContract.from_dict(attrs)
     n, shard_size = int(attrs["num_frames"]), int(attrs["shard_size"])
-    _check_metadata(raw, attrs, contract, n, shard_size, present, report)
-    if any(k.startswith("index/") or k == layout.MARKS for k in report.bad_metadata) and not (
-        attrs.get("consolidated_metadata")
+    root = _read_json(raw, ["zarr.json"])["zarr.json"]
+    consolidated = (
+        (root.get("consolidated_metadata") or {}).get("metadata") or {}
+        if isinstance(root, dict)
+        else {}
+    )
+    _check_metadata(raw, contract, n, shard_size, consolidated, present, report)
+    if (
+        any(k.startswith("index/") or k == layout.MARKS for k in report.bad_metadata)
+        and not consolidated
     ):
         report.problems.append("the index or the shard marks cannot be opened; stopped here")
         return report
@@ -153,11 +160,11 @@ def _check_attrs(attrs: dict[str, Any], report: VerifyReport) -> None:
         )
 
 
-def _check_metadata(raw: Any, attrs: dict[str, Any], contract: StoreContract, n: int,
-                    shard_size: int, present: set[str], report: VerifyReport) -> None:  # fmt: skip
-    """Every declared array's zarr.json (and its consolidated copy) against the contract's."""
+def _check_metadata(raw: Any, contract: StoreContract, n: int, shard_size: int,
+                    consolidated: dict[str, Any], present: set[str], report: VerifyReport) -> None:  # fmt: skip
+    """Every declared array's zarr.json (and its ``consolidated`` copy in the root zarr.json,
+    once finalized) against the contract's."""
     expected = layout.expected_metadata(contract.fields, n, shard_size, contract.schema_version)
-    consolidated = (attrs.get("consolidated_metadata") or {}).get("metadata") or {}
     stored = _read_json(
         raw, [f"{key}/zarr.json" for key in expected if f"{key}/zarr.json" in present]
     )

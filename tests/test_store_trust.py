@@ -208,6 +208,28 @@ def test_repair_rewrites_a_corrupt_chunk_a_lost_index_chunk_and_lost_metadata(
     _assert_same_store(url, world["cfg"].store.url)
 
 
+def test_a_store_that_cannot_finalize_for_nan_is_finished_in_place_by_repair(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = cache_config(world["root"], world["teachers"], tmp_path / "nan.zarr")
+    real = teacher_runner.forward_shard
+
+    def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
+        arrays, boxes, seconds = real(*args, **kwargs)
+        arrays["lidar_bev"][0, 0, 0, 0] = np.nan  # a teacher that once gave NaN
+        return arrays, boxes, seconds
+
+    monkeypatch.setattr(teacher_runner, "forward_shard", poisoned)
+    with pytest.raises(StoreError, match=r"NaN values in lidar_bev.*--repair"):
+        cache_teacher.run(cfg)
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="NaN"):  # a plain rerun cannot finish it ...
+        cache_teacher.run(cfg)
+    cache_teacher.run(cfg, repair=True)  # ... a repair rewrites the NaN shards
+    assert open_store(cfg.store.url).finalized and verify_store(cfg.store.url).ok
+    _assert_same_store(cfg.store.url, world["cfg"].store.url)
+
+
 def test_repair_refuses_a_store_whose_attrs_were_edited(world: dict, tmp_path: Path) -> None:
     url = tmp_path / "edited.zarr"
     shutil.copytree(world["cfg"].store.url, url)

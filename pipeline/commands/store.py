@@ -61,7 +61,10 @@ def info(url: str, storage_options: str | None, endpoint: str | None) -> None:
 @click.argument("url")
 @_remote_options()
 def verify(url: str, storage_options: str | None, endpoint: str | None) -> None:
-    """Re-read every chunk: checksums, completeness, NaNs. Names bad frames; non-zero exit."""
+    """Check a store against what its writer recorded: the root attrs' checksum, every
+    declared array's metadata, the frame index, every chunk of every written shard (crc32c,
+    missing, NaN) and completeness. Names bad frames, shards and arrays; non-zero exit.
+    `bevkd cache-teacher --repair` (with the store's config) rewrites what is bad."""
     from bevkd.storage.verify import VerifyFailed, summarize, verify_store
 
     report = verify_store(url, _options(storage_options, endpoint))
@@ -69,6 +72,8 @@ def verify(url: str, storage_options: str | None, endpoint: str | None) -> None:
         click.echo(f"  {problem}")
     if report.incomplete_shards:
         click.echo(f"  shards not written: {report.incomplete_shards[:50]}")
+    for note in report.notes:
+        click.echo(f"  note: {note}")
     if report.leftover_partials:
         click.echo(
             f"  note: {report.leftover_partials} leftover .partial temp files (harmless; from a killed writer)"
