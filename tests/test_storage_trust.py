@@ -49,7 +49,7 @@ def test_a_lost_index_chunk_fails_verify_and_the_reader(store: Path, name: str) 
     assert not report.ok and not report.index_ok
     assert any(f"index/{name}" in p and "frames_sha256" in p for p in report.problems)
     # The reader no longer reads "no frame has labels" or empty tokens: it refuses.
-    with pytest.raises(StoreError, match="frame index .* does not match"):
+    with pytest.raises(StoreError, match=r"frame index .* does not match"):
         open_store(str(store))
 
 
