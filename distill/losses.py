@@ -106,6 +106,36 @@ def soft_regression(
     return (err.sum(dim=1) * weight).sum() / weight.sum().clamp(min=_EPS)
 
 
+def centre_regression(
+    student_reg: torch.Tensor,
+    teacher_reg: torch.Tensor,
+    centres: torch.Tensor,
+    code_weights: Sequence[float] | None = None,
+    smooth: bool = False,
+) -> torch.Tensor:
+    """Student vs teacher box regression maps at the GT centre cells (LabelDistill's L1,
+    SimDistill's MMD-P SmoothL1 with beta 1):
+
+    ``sum_{b,h,w in centres} sum_c c_c l(R_S - R_T) / max(1, #centres)``, ``l`` = |d| or
+    SmoothL1, per-channel weights ``c`` (default 1). ``centres``: (B, H, W) bool.
+    """
+    diff = student_reg.float() - teacher_reg.float()
+    err = (
+        F.smooth_l1_loss(diff, torch.zeros_like(diff), reduction="none", beta=1.0)
+        if smooth
+        else diff.abs()
+    )
+    if code_weights is not None:
+        cw = torch.tensor(code_weights, dtype=err.dtype, device=err.device)
+        if cw.numel() != err.shape[1]:
+            raise ValueError(
+                f"centre_regression: {cw.numel()} code weights for {err.shape[1]} channels"
+            )
+        err = err * cw.view(1, -1, 1, 1)
+    m = centres.to(err.dtype)
+    return (err.sum(dim=1) * m).sum() / m.sum().clamp(min=1.0)
+
+
 def as_probabilities(heatmap: torch.Tensor, activation: str) -> torch.Tensor:
     """A cached heatmap as probabilities, whichever way the store declares it was written."""
     if activation == "probabilities":

@@ -76,17 +76,36 @@ TEACHER_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
 }
 
 
-def build_student(cfg: Config) -> nn.Module:
+def build_camera_student(cfg: Config) -> nn.Module:
     """The camera student (``model.kind: camera``); lazy, like the teachers."""
-    from bevkd.models.camera_student import build_camera_student
+    from bevkd.models.camera_student import build_camera_student as build
 
-    return build_camera_student(cfg)
+    return build(cfg)
 
 
-# Every trainable kind: the teachers and the camera student.
+def build_sim_student(cfg: Config) -> nn.Module:
+    """SimDistill's simulated multi-modal camera student (``model.kind: camera_sim``)."""
+    from bevkd.models.sim_student import build_sim_student as build
+
+    return build(cfg)
+
+
+# The camera-only students train-student trains.
+STUDENT_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
+    "camera": build_camera_student,
+    "camera_sim": build_sim_student,
+}
+
+
+def build_student(cfg: Config) -> nn.Module:
+    """The student ``model.kind`` names (a key of :data:`STUDENT_BUILDERS`)."""
+    return _build(STUDENT_BUILDERS, cfg, "student")
+
+
+# Every trainable kind: the teachers and the students.
 MODEL_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
     **TEACHER_BUILDERS,
-    "camera": build_student,
+    **STUDENT_BUILDERS,
 }
 
 

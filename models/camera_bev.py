@@ -186,29 +186,51 @@ class CameraBEV(nn.Module):
         self.bev_channels = bev_channels
         self.feature_stride = feature_stride
         self.backbone = ImageBackbone(backbone_channels, bev_channels, out_stride=feature_stride)
-        self.depth_net = nn.Sequential(
-            conv_bn_relu(bev_channels, bev_channels, 3),
-            nn.Conv2d(bev_channels, self.num_bins + bev_channels, 1),
-        )
-        # Splatting leaves sparse, ray-shaped footprints; one conv spreads them over cells.
-        self.bev_refine = conv_bn_relu(bev_channels, bev_channels, 3)
+        # Splatting leaves sparse, ray-shaped footprints; the refine conv spreads them over cells.
+        self.depth_net, self.bev_refine = self.make_view_transform()
 
     def forward(
         self, images: torch.Tensor, cam2img: torch.Tensor, cam2ego: torch.Tensor
     ) -> CameraBEVOutput:
         """``images`` (B, K, 3, H, W); ``cam2img``/``cam2ego`` (B, K, 4, 4)."""
-        b, k = images.shape[:2]
-        feats = self.backbone(images.flatten(0, 1))
-        out = self.depth_net(feats)
+        return self.lift(self.image_features(images), cam2img, cam2ego)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3, H, W) -> backbone features (B*K, C, h, w)."""
+        return self.backbone(images.flatten(0, 1))  # type: ignore[no-any-return]
+
+    def lift(
+        self,
+        feats: torch.Tensor,
+        cam2img: torch.Tensor,
+        cam2ego: torch.Tensor,
+        depth_net: nn.Module | None = None,
+        refine: nn.Module | None = None,
+    ) -> CameraBEVOutput:
+        """Lift backbone features (B*K, C, h, w) of the cameras in ``cam2img`` (B, K, 4, 4) to
+        the BEV grid, through this branch's depth net and refine conv, or another pair of the
+        same shapes (a second view transform over the same image features)."""
+        depth_net = self.depth_net if depth_net is None else depth_net
+        refine = self.bev_refine if refine is None else refine
+        b, k = cam2img.shape[:2]
+        out = depth_net(feats)
         depth_logits = out[:, : self.num_bins]
         context = out[:, self.num_bins :]
         h, w = feats.shape[-2:]
-        frustum = make_frustum((h, w), self.feature_stride, self.depth_bins).to(images.device)
+        frustum = make_frustum((h, w), self.feature_stride, self.depth_bins).to(feats.device)
         points = frustum_to_ego(frustum, cam2img, cam2ego)
         index = bev_pool_index(points, self.grid, self.z_range)
         depth = depth_logits.softmax(dim=1).view(b, k, self.num_bins, h, w)
         bev = bev_pool(depth, context.view(b, k, self.bev_channels, h, w), index)
-        return CameraBEVOutput(bev=self.bev_refine(bev), depth_logits=depth_logits)
+        return CameraBEVOutput(bev=refine(bev), depth_logits=depth_logits)
+
+    def make_view_transform(self) -> tuple[nn.Module, nn.Module]:
+        """A fresh (depth net, refine conv) pair shaped like this branch's, for :meth:`lift`."""
+        depth_net = nn.Sequential(
+            conv_bn_relu(self.bev_channels, self.bev_channels, 3),
+            nn.Conv2d(self.bev_channels, self.num_bins + self.bev_channels, 1),
+        )
+        return depth_net, conv_bn_relu(self.bev_channels, self.bev_channels, 3)
 
 
 def build_camera_bev(cfg: Config) -> CameraBEV:

@@ -139,6 +139,16 @@ INIT_RENAMES: dict[tuple[str, str], dict[str, str]] = {
     # from the fusion teacher's.
     ("camera", "camera"): {"": ""},
     ("fusion", "camera"): {"camera.": "camera."},
+    # SimDistill's student: from itself, or its camera branch from a student's or the fusion
+    # teacher's (whose fuser, decoder, neck and head have its shapes where the channels agree).
+    ("camera_sim", "camera_sim"): {"": ""},
+    ("camera", "camera_sim"): {"camera.": "camera."},
+    ("fusion", "camera_sim"): {
+        "camera.": "camera.",
+        "fuser.": "fuser.",
+        "neck.": "neck.",
+        "head.": "head.",
+    },
 }
 
 

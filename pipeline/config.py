@@ -24,7 +24,7 @@ import yaml
 from bevkd.pipeline.geometry import NUSCENES_CLASSES, REGRESSION_CHANNELS, BEVGrid
 
 TEACHER_KINDS = ("lidar", "fusion", "label_encoder")
-MODEL_KINDS = (*TEACHER_KINDS, "camera")
+MODEL_KINDS = (*TEACHER_KINDS, "camera", "camera_sim")
 
 T = TypeVar("T")
 
@@ -148,7 +148,9 @@ class GridConfig:
 class ModelConfig:
     """Network sizes. One section serves every teacher and student kind; each uses its part."""
 
-    kind: str = "lidar"  # lidar | fusion | label_encoder (teachers) | camera (the student)
+    # lidar | fusion | label_encoder (teachers) | camera (the student) | camera_sim (SimDistill's
+    # simulated multi-modal camera student)
+    kind: str = "lidar"
     lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
     max_points_per_voxel: int = 10
     max_voxels: int = 40000
@@ -318,8 +320,30 @@ class DistillConfig:
     regression_threshold: float = 0.1  # cells whose summed teacher probability exceeds it
     # the teacher fields: lidar (heatmap, box_regression) or fusion (fusion_heatmap, ...)
     teacher: str = "lidar"
+    # LabelDistill: the label-embedding term (its LiDAR term is bev_weight; response: the
+    # heatmap_weight gaussian focal and regression_weight L1 terms). Paper: 0.3, 0.3, 1, 0.25.
+    label_weight: float = 0.3
+    # SimDistill: IMD (camera BEV), CMD (simulated-LiDAR BEV vs cmd_field, GT-gaussian mask),
+    # MMD-F (fused BEV); MMD-P is heatmap_weight (QFL) + regression_weight (SmoothL1 at GT
+    # centres). Paper: 1, 100, 1, 0.25, 0.25.
+    imd_weight: float = 1.0
+    cmd_weight: float = 100.0
+    cmd_field: str = "fusion_lidar_bev"  # or lidar_bev (the LiDAR teacher's)
+    fused_weight: float = 1.0
+    # FocalDistiller for bevkd: instance regions are the teacher's cached boxes scoring above
+    # region_score; masked generative distillation there (mgd_weight; mgd_mask_ratio of the
+    # student's cells dropped) and L1 at 9 points per box (point_weight)
+    region_score: float = 0.3
+    mgd_weight: float = 1.0
+    mgd_mask_ratio: float = 0.65
+    point_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        _choice("distill.cmd_field", self.cmd_field, ("fusion_lidar_bev", "lidar_bev"))
+        if not 0.0 <= self.mgd_mask_ratio < 1.0:
+            raise ConfigError(
+                f"distill.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}"
+            )
         _choice("distill.mode", self.mode, ("gt+kd", "kd"))
         _choice("distill.bev_mask", self.bev_mask, ("none", "teacher", "gt"))
         _choice("distill.teacher", self.teacher, ("lidar", "fusion"))

@@ -108,7 +108,7 @@ def evaluate_model(
     from bevkd.stages.nuscenes_results import detections_to_results, write_results
 
     meta = {
-        "use_camera": cfg.model.kind in ("fusion", "camera"),
+        "use_camera": cfg.model.kind in ("fusion", "camera", "camera_sim"),
         "use_lidar": cfg.model.kind in ("lidar", "fusion"),
     }
     body = detections_to_results(

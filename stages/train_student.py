@@ -85,14 +85,17 @@ def open_for(cfg: Config, recipe: Recipe) -> Any | None:
 
 def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
     """The objective (student + recipe) and the training dataset of ``cfg``."""
-    from bevkd.models.builders import build_student
+    from bevkd.models.builders import STUDENT_BUILDERS, build_student
 
-    if cfg.model.kind != "camera":
-        raise ConfigError(f"train-student trains model.kind 'camera', not '{cfg.model.kind}'")
+    if cfg.model.kind not in STUDENT_BUILDERS:
+        raise ConfigError(
+            f"train-student trains the students {sorted(STUDENT_BUILDERS)}, not model.kind "
+            f"'{cfg.model.kind}'"
+        )
     torch.manual_seed(cfg.train.seed)
     model = build_student(cfg)
     if cfg.student.init_from:
-        copied, skipped = init_from_checkpoint(model, "camera", cfg.student.init_from)
+        copied, skipped = init_from_checkpoint(model, cfg.model.kind, cfg.student.init_from)
         if info.is_main:
             click.echo(f"[train-student] initialised {copied} tensors from {cfg.student.init_from} ({skipped} did not fit)")  # fmt: skip
     recipe = build_recipe(cfg)
