@@ -10,12 +10,16 @@ from collections.abc import Callable
 
 from bevkd.distill.base import Baseline, Recipe
 from bevkd.distill.cmkd import CMKD
+from bevkd.distill.focal import FocalDistiller
+from bevkd.distill.labeldistill import LabelDistill
 from bevkd.distill.simdistill import SimDistill
 from bevkd.pipeline.config import Config, ConfigError
 
 RECIPES: dict[str, Callable[[Config], Recipe]] = {
     "baseline": Baseline,
     "cmkd": CMKD,
+    "focal": FocalDistiller,
+    "labeldistill": LabelDistill,
     "simdistill": SimDistill,
 }
 

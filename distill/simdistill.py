@@ -23,9 +23,10 @@ def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
     """SimDistill's CMD term before its weight: ``MSE(S * M, T * M)``, the mean over every
     element (channels and cells) of the ``frames`` (B,) kept, with the (B, 1, H, W) mask ``M``
     applied to both maps: ``sum_b∈frames sum_chw M^2 (S - T)^2 / (#frames * C * H * W)``."""
-    keep = frames.to(student.dtype).view(-1, 1, 1, 1)
+    # fp32 throughout: under AMP an fp16 count (#frames * C * H * W) overflows to inf -> 0 loss.
+    keep = frames.float().view(-1, 1, 1, 1)
     diff = (student.float() - teacher.float()) * mask.float() * keep
-    count = keep.sum() * student.shape[1] * student.shape[2] * student.shape[3]
+    count = keep.sum() * student[0].numel()
     return (diff**2).sum() / count.clamp(min=1.0)
 
 

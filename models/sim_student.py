@@ -49,20 +49,23 @@ class GeometryCompensation(nn.Module):
         super().__init__()
         self.max_cells = max_cells
         self.offset = nn.Conv2d(channels, 2, 3, padding=1)
+        assert self.offset.bias is not None
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
         self.mix = conv_bn_relu(2 * channels, channels)
 
     def forward(self, bev: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = bev.shape
-        shift = torch.tanh(self.offset(bev)) * self.max_cells  # (B, 2, H, W) in cells
+        _, _, h, w = bev.shape
+        # The grid stays fp32 under AMP: in fp16 (bf16) a normalised coordinate near 1 is off by
+        # a fraction of a cell (several cells), and the "identity" would blur the map.
+        shift = torch.tanh(self.offset(bev).float()) * self.max_cells  # (B, 2, H, W) in cells
         # grid_sample's normalised coords with align_corners=False: cell centre j -> (2j+1)/n - 1.
-        ys = (2 * torch.arange(h, device=bev.device, dtype=bev.dtype) + 1) / h - 1
-        xs = (2 * torch.arange(w, device=bev.device, dtype=bev.dtype) + 1) / w - 1
+        ys = (2 * torch.arange(h, device=bev.device, dtype=torch.float32) + 1) / h - 1
+        xs = (2 * torch.arange(w, device=bev.device, dtype=torch.float32) + 1) / w - 1
         base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
-        scale = torch.tensor([2.0 / w, 2.0 / h], device=bev.device, dtype=bev.dtype)
-        grid = base.unsqueeze(0) + shift.permute(0, 2, 3, 1) * scale
-        sampled = F.grid_sample(bev, grid.expand(b, -1, -1, -1), align_corners=False)
+        scale = torch.tensor([2.0 / w, 2.0 / h], device=bev.device)
+        grid = base.unsqueeze(0) + shift.permute(0, 2, 3, 1) * scale  # (B, H, W, 2)
+        sampled = F.grid_sample(bev.float(), grid, align_corners=False).to(bev.dtype)
         return self.mix(torch.cat([bev, sampled], dim=1))  # type: ignore[no-any-return]
 
 
