@@ -83,8 +83,13 @@ class Recipe(nn.Module):
         ).mask
         return centres & batch.has_label.view(-1, 1, 1).to(centres.device)
 
+    def kd_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
+        """The recipe's own terms (distillation, pseudo-labels); none for the baseline."""
+        return {}
+
     def forward(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
-        return self.gt_terms(out, batch)
+        """The GT terms and the recipe's own (:meth:`kd_terms`)."""
+        return {**self.gt_terms(out, batch), **self.kd_terms(out, batch)}
 
 
 class Baseline(Recipe):

@@ -59,9 +59,9 @@ class CMKD(Recipe):
         activation = self.heatmap_activation.get(self.heatmap_field, "probabilities")
         return losses.as_probabilities(batch.targets.field(self.heatmap_field), activation)
 
-    def forward(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
+    def kd_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
         d, tg = self.d, batch.targets
-        terms = self.gt_terms(out, batch)
+        terms: dict[str, torch.Tensor] = {}
         prob = self.teacher_prob(batch) if self.heatmap_field in self.expects else None
         if d.bev_weight > 0:
             mask = self._bev_mask(batch, prob)

@@ -139,9 +139,9 @@ class LabelDistill(Recipe):
         activation = self.heatmap_activation.get(HEATMAP, "probabilities")
         return losses.as_probabilities(batch.targets.field(HEATMAP), activation).float()
 
-    def forward(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
+    def kd_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
         d = self.d
-        terms = self.gt_terms(out, batch)
+        terms: dict[str, torch.Tensor] = {}
         gt_heatmap = self.gt_heatmaps(batch)  # zero on unlabelled frames
         prob = self.teacher_prob(batch)
         labelled = batch.has_label.to(prob.device).view(-1, 1, 1, 1)

@@ -2,17 +2,26 @@
 
 One literal table, :data:`RECIPES` (name -> recipe class); adding a recipe is one file in
 ``distill/`` and one line here. The base class and its contract: :mod:`bevkd.distill.base`.
+Recipes combine by name: ``student.recipe: cmkd+pseudo_label`` is :class:`Combined`, the GT
+terms once and every part's own terms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import torch
+from torch import nn
+
+from bevkd.datasets.student_batch import StudentBatch
 from bevkd.distill.base import Baseline, Recipe
 from bevkd.distill.cmkd import CMKD
 from bevkd.distill.focal import FocalDistiller
 from bevkd.distill.labeldistill import LabelDistill
+from bevkd.distill.pseudo_label import PseudoLabel
 from bevkd.distill.simdistill import SimDistill
+from bevkd.models.camera_student import StudentOutput
 from bevkd.pipeline.config import Config, ConfigError
 
 RECIPES: dict[str, Callable[[Config], Recipe]] = {
@@ -20,17 +29,58 @@ RECIPES: dict[str, Callable[[Config], Recipe]] = {
     "cmkd": CMKD,
     "focal": FocalDistiller,
     "labeldistill": LabelDistill,
+    "pseudo_label": PseudoLabel,
     "simdistill": SimDistill,
 }
 
-__all__ = ["CMKD", "RECIPES", "Baseline", "Recipe", "build_recipe"]
+__all__ = ["CMKD", "RECIPES", "Baseline", "Combined", "Recipe", "build_recipe"]
+
+
+class Combined(Recipe):
+    """Several recipes as one: the GT terms once (kept only if every part keeps them), each
+    part's own terms (:meth:`Recipe.kd_terms`), the union of the fields they read. Two parts
+    that need one field at different shapes, or that name a term alike, are refused."""
+
+    def __init__(self, cfg: Config, parts: list[Recipe]) -> None:
+        super().__init__(cfg, use_gt=all(p.use_gt for p in parts))
+        self.parts = nn.ModuleList(parts)
+        self.recipes: list[Recipe] = list(parts)  # the same modules, typed
+        for part in parts:
+            for name, shape in part.expects.items():
+                have = self.expects.get(name)
+                if have is not None and shape is not None and have != shape:
+                    raise ConfigError(
+                        f"student.recipe {cfg.student.recipe}: its parts need store field "
+                        f"{name!r} at shapes {have} and {shape}"
+                    )
+                self.expects[name] = have if shape is None else shape
+
+    def bind(self, fields: dict[str, Any]) -> Recipe:
+        for part in self.recipes:
+            part.bind({name: fields[name] for name in part.expects})
+        return super().bind(fields)
+
+    def kd_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for part in self.recipes:
+            mine = part.kd_terms(out, batch)
+            if twice := sorted(set(mine) & set(terms)):
+                raise ConfigError(f"recipe parts both produce the terms {twice}")
+            terms |= mine
+        return terms
 
 
 def build_recipe(cfg: Config) -> Recipe:
-    """The recipe ``student.recipe`` names."""
-    make = RECIPES.get(cfg.student.recipe)
-    if make is None:
+    """The recipe ``student.recipe`` names, or the :class:`Combined` parts of ``a+b``."""
+    names = cfg.student.recipe.split("+")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not all(names):
         raise ConfigError(
-            f"student.recipe '{cfg.student.recipe}' is unknown; recipes: {sorted(RECIPES)}"
+            f"student.recipe '{cfg.student.recipe}' is unknown; recipes: {sorted(RECIPES)}, "
+            "or several joined by '+' (e.g. cmkd+pseudo_label)"
         )
-    return make(cfg)
+    if len(names) == 1:
+        return RECIPES[names[0]](cfg)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"student.recipe '{cfg.student.recipe}' names a recipe twice")
+    return Combined(cfg, [RECIPES[n](cfg) for n in names])

@@ -85,9 +85,9 @@ class SimDistill(Recipe):
             nn.Identity() if student == teacher else nn.Conv2d(student, teacher, 1)
         )
 
-    def forward(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
+    def kd_terms(self, out: StudentOutput, batch: StudentBatch) -> dict[str, torch.Tensor]:
         d, tg = self.d, batch.targets
-        terms = self.gt_terms(out, batch)
+        terms: dict[str, torch.Tensor] = {}
         prob = losses.as_probabilities(
             tg.field(HEATMAP), self.heatmap_activation.get(HEATMAP, "probabilities")
         )

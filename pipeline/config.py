@@ -285,7 +285,8 @@ class CacheConfig:
 class StudentConfig:
     """Stage two: which store a camera student reads, which frames, which recipe."""
 
-    # the distillation recipe (distill.recipes.RECIPES): baseline | cmkd
+    # the distillation recipe (distill.recipes.RECIPES): baseline | cmkd | labeldistill |
+    # simdistill | focal | pseudo_label, or several joined by "+" (cmkd+pseudo_label)
     recipe: str = "baseline"
     store: str = "work/demo/teacher.zarr"  # the teacher store (local path or fsspec URL)
     storage_options: tuple[tuple[str, str], ...] = ()  # fsspec options, e.g. endpoint_url
@@ -297,6 +298,17 @@ class StudentConfig:
     bev_layers: tuple[int, ...] = (2, 2)
     # a student checkpoint whose weights start this run (CMKD's phase 2 starts from phase 1)
     init_from: str = ""
+    # A label budget: only this fraction of the labelled train frames (a fixed subset drawn
+    # with label_seed) keeps its GT; the others become unlabelled frames (used when
+    # student.unlabeled is true). The kept tokens go to <out_dir>/labeled_frames.txt.
+    labeled_fraction: float = 1.0
+    label_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise ConfigError(
+                f"student.labeled_fraction must be in (0, 1], got {self.labeled_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -337,8 +349,19 @@ class DistillConfig:
     mgd_weight: float = 1.0
     mgd_mask_ratio: float = 0.65
     point_weight: float = 1.0
+    # Pseudo-labels (pseudo_label recipe): the teacher's cached boxes (pseudo_boxes: boxes or
+    # fusion_boxes) scoring at or above pseudo_threshold (per class: pseudo_class_thresholds)
+    # as detection targets on frames without GT (and on labelled ones if pseudo_on_labelled);
+    # pseudo_soft weights each box by its score
+    pseudo_boxes: str = "boxes"
+    pseudo_threshold: float = 0.3
+    pseudo_class_thresholds: tuple[tuple[str, float], ...] = ()
+    pseudo_soft: bool = False
+    pseudo_on_labelled: bool = False
+    pseudo_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        _choice("distill.pseudo_boxes", self.pseudo_boxes, ("boxes", "fusion_boxes"))
         _choice("distill.cmd_field", self.cmd_field, ("fusion_lidar_bev", "lidar_bev"))
         if not 0.0 <= self.mgd_mask_ratio < 1.0:
             raise ConfigError(

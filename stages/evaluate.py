@@ -131,11 +131,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def run(cfg: Config, results_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run(
+    cfg: Config,
+    results_path: str | Path,
+    out_dir: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate a results JSON on ``cfg.eval.eval_set`` of ``cfg.data``; writes ``metrics.json``,
     ``summary.md``, the resolved config (and curves when ``eval.render_curves``) into ``out_dir``.
 
-    Returns ``{"mAP", "NDS", "class_ap": {class: AP}, "tp_errors": {ATE..AAE}, ...}``.
+    Returns ``{"mAP", "NDS", "class_ap": {class: AP}, "tp_errors": {ATE..AAE}, ...}``, with
+    ``extra`` merged in (a ``"source"`` string there becomes a line of ``summary.md``).
     """
     from nuscenes.eval.detection.evaluate import DetectionEval
 
@@ -155,7 +161,8 @@ def run(cfg: Config, results_path: str | Path, out_dir: str | Path) -> dict[str,
     if not any(json.loads(results_path.read_text())["results"].values()):
         # The devkit cannot evaluate a results file without a single box (it reads the class
         # field off the first box); nothing detected scores 0 on every class.
-        return _write_summary(_empty_summary(cfg, results_path, eval_set, config), {}, cfg, out)
+        empty = _empty_summary(cfg, results_path, eval_set, config)
+        return _write_summary({**empty, **(extra or {})}, {}, cfg, out)
     has_splits_file = (Path(cfg.data.root) / cfg.data.version / SPLITS_FILE).is_file()
     # The devkit's GT loader draws a tqdm bar on stderr even when not verbose.
     with custom_splits(has_splits_file), contextlib.redirect_stderr(io.StringIO()):
@@ -182,6 +189,7 @@ def run(cfg: Config, results_path: str | Path, out_dir: str | Path) -> dict[str,
         "dataset": {"root": str(cfg.data.root), "version": cfg.data.version},
         "results": str(results_path),
         "config_sha256": config_sha256(cfg),
+        **(extra or {}),
     }
     return _write_summary(summary, serialized, cfg, out)
 
@@ -220,6 +228,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"# nuScenes detection, {summary['eval_set']} ({summary['num_samples']} samples)",
         "",
         f"- results: `{summary['results']}`",
+        *([f"- detections: {summary['source']}"] if "source" in summary else []),
         f"- dataset: `{summary['dataset']['root']}` ({summary['dataset']['version']})",
         f"- mAP **{summary['mAP']:.4f}**, NDS **{summary['NDS']:.4f}**",
         f"- classes with GT: {', '.join(summary['gt_classes']) or 'none'}",

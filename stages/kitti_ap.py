@@ -232,6 +232,7 @@ def run(
     split: str | None = None,
     image_scale: float | None = None,
     sampling: str = "exact",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate KITTI-format detection files ``<results_dir>/<id>.txt`` (with scores) against
     ``<label_dir>/<id>.txt`` for the object ids of the list ``split`` (default
@@ -239,7 +240,7 @@ def run(
 
     ``label_dir`` defaults to ``<object root>/training/label_2``. Classes are ``cfg.classes``
     mapped to KITTI types. ``image_scale`` defaults to ``cfg.data.kitti_pixel_scale``. Writes ``kitti_ap.json``, ``kitti_ap.txt`` and the resolved config
-    into ``out_dir``; returns the result of :func:`evaluate_kitti`.
+    into ``out_dir``; returns the result of :func:`evaluate_kitti`, with ``extra`` merged in.
     """
     from bevkd.datasets.kitti import kitti_roots
     from bevkd.datasets.kitti_labels import BEVKD_TO_KITTI
@@ -263,6 +264,7 @@ def run(
     scale = cfg.data.kitti_pixel_scale if image_scale is None else image_scale
     result = evaluate_kitti(gt, dt, classes, image_scale=scale, sampling=sampling)
     result["split_list"] = str(list_path)
+    result.update(extra or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kitti_ap.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -189,9 +189,12 @@ def _loss(
 
 def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list[Any]], Any],
         info: DistInfo, validate: Validate | None = None,
-        loader_extra: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
+        loader_extra: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
     """Train ``objective`` on ``dataset`` (keys ``(epoch, index)``) as ``cfg.train`` says;
-    returns where the checkpoints went and the validation metrics."""
+    returns where the checkpoints went and the validation metrics. ``record``: more entries
+    for every checkpoint (e.g. the frames whose labels the run used)."""
+    record = dict(record or {})
     t = cfg.train
     out = Path(t.out_dir)
     model: nn.Module = objective.model  # type: ignore[assignment]
@@ -312,6 +315,7 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
                         epoch=epoch,
                         step=step,
                         metrics=metrics,
+                        **record,
                         best=best,
                     )
             if ddp:
@@ -319,13 +323,20 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
         if info.is_main and ((epoch + 1) % t.checkpoint_every == 0 or final):
             save_checkpoint(out / "last.pt", model, cfg, objective=_objective_rest(objective), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=_rng_state(),
-                            epoch=epoch, step=step, best=best, metrics=metrics)  # fmt: skip
+                            epoch=epoch, step=step, best=best, metrics=metrics, **record)  # fmt: skip
             if t.keep_checkpoints:
                 shutil.copyfile(out / "last.pt", out / f"epoch_{epoch + 1:03d}.pt")
     logs.close()
     if info.is_main and validate is None:  # nothing to choose by: the final weights
         save_checkpoint(
-            out / "best.pt", model, cfg, epoch=t.epochs - 1, step=step, metrics={}, best=best
+            out / "best.pt",
+            model,
+            cfg,
+            epoch=t.epochs - 1,
+            step=step,
+            metrics={},
+            best=best,
+            **record,
         )
     if info.is_main:
         from bevkd.stages.plots import plot_loss_curve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,32 @@ def evaluate_model(
     frames, detections = predict(model, cfg, role)
     if draw:
         draw_predictions(cfg, frames, detections, out, draw, cfg.student.store)
+    meta = {
+        "use_camera": cfg.model.kind in ("fusion", "camera", "camera_sim"),
+        "use_lidar": cfg.model.kind in ("lidar", "fusion"),
+    }
+    return evaluate_detections(cfg, frames, detections, out, meta=meta)
+
+
+def evaluate_detections(
+    cfg: Config,
+    frames: Sequence[Frame],
+    detections: Sequence[Detections],
+    out_dir: str | Path,
+    classes: Sequence[str] | None = None,
+    meta: dict[str, bool] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score ego-frame detections (one per frame of ``cfg.eval.eval_set``) with the dataset's
+    own metric: KITTI AP|R40 for KITTI data, else the nuScenes devkit on a results JSON.
+
+    ``labels`` index ``classes`` (default ``cfg.classes``); ``meta`` is the results file's sensor
+    flags (nuScenes); ``extra`` is merged into the returned summary and its metrics file.
+    Writes the results (``kitti_results/`` or ``results_nusc.json``) and the metrics into
+    ``out_dir``.
+    """
+    out = Path(out_dir)
+    classes = tuple(cfg.classes if classes is None else classes)
     if cfg.data.format == "kitti":
         from bevkd.stages import kitti_ap
 
@@ -100,22 +127,19 @@ def evaluate_model(
                 det.boxes.numpy(),
                 det.scores.numpy(),
                 det.labels.numpy(),
-                cfg.classes,
+                classes,
             )
-        metrics: dict[str, Any] = kitti_ap.run(cfg, results_dir, out)
+        metrics: dict[str, Any] = kitti_ap.run(cfg, results_dir, out, extra=extra)
         return metrics
     from bevkd.stages import evaluate
     from bevkd.stages.nuscenes_results import detections_to_results, write_results
 
-    meta = {
-        "use_camera": cfg.model.kind in ("fusion", "camera", "camera_sim"),
-        "use_lidar": cfg.model.kind in ("lidar", "fusion"),
-    }
+    flags = {"use_camera": False, "use_lidar": False, **(meta or {})}
     body = detections_to_results(
         frames,
         detections,
-        cfg.classes,
-        meta=dict(meta, use_radar=False, use_map=False, use_external=False),
+        classes,
+        meta=dict(flags, use_radar=False, use_map=False, use_external=False),
     )
     results = write_results(body, out / "results_nusc.json")
-    return evaluate.run(cfg, results, out)
+    return evaluate.run(cfg, results, out, extra=extra)

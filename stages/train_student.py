@@ -9,10 +9,12 @@ and its recipe) and validates on the val split with the dataset's own metric.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,11 +42,42 @@ class StudentObjective(nn.Module):
         return self.recipe(self.model(batch), batch)  # type: ignore[no-any-return]
 
 
+def label_budget(frames: list[Frame], fraction: float, seed: int) -> tuple[list[Frame], list[str]]:
+    """Keep the GT of a fixed ``fraction`` of the labelled ``frames`` (at least one), drawn with
+    ``seed`` over the tokens in sorted order (so the subset depends on the frame set, not its
+    listing order); the others lose their boxes and ``has_label``, as unlabelled frames.
+    Returns the frames and the tokens that kept their labels."""
+    labelled = sorted(f.token for f in frames if f.has_label)
+    if fraction >= 1.0 or not labelled:
+        return frames, labelled
+    count = max(1, round(fraction * len(labelled)))
+    chosen = np.random.default_rng(seed).choice(len(labelled), size=count, replace=False)
+    kept = {labelled[i] for i in chosen}
+    hidden = [
+        f if f.token in kept or not f.has_label
+        else dataclasses.replace(
+            f, has_label=False, boxes=f.boxes[:0], labels=f.labels[:0],
+            num_lidar_pts=f.num_lidar_pts[:0],
+        )
+        for f in frames
+    ]  # fmt: skip
+    return hidden, sorted(kept)
+
+
 def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Frame]:
     """The labelled train frames, plus every unlabelled frame of the train and unlabeled splits
     when ``student.unlabeled``; frames the teacher skipped are left out (and counted). A frame
     the store lacks is an error naming it."""
-    train = load_frames(cfg, "train")
+    train, kept_labels = label_budget(
+        load_frames(cfg, "train"), cfg.student.labeled_fraction, cfg.student.label_seed
+    )
+    if cfg.student.labeled_fraction < 1.0:
+        say(
+            f"[train-student] label budget: {len(kept_labels)} labelled train frames keep their GT "
+            f"(student.labeled_fraction {cfg.student.labeled_fraction:g}, label_seed "
+            f"{cfg.student.label_seed}); the others are unlabelled frames"
+            + ("" if cfg.student.unlabeled else " (left out: student.unlabeled is false)")
+        )
     frames = [f for f in train if f.has_label]
     if cfg.student.unlabeled:
         frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
@@ -123,10 +156,20 @@ def run(cfg: Config) -> TrainResult:
             terms = ", ".join(sorted(objective.recipe.expects)) or "none"
             click.echo(f"[train-student] recipe {cfg.student.recipe}; store fields read: {terms}")
 
+        # Which frames kept their GT: in the out folder and in every checkpoint.
+        kept = sorted(f.token for f in dataset.base.frames if f.has_label)
+        if info.is_main:
+            Path(cfg.train.out_dir, "labeled_frames.txt").write_text(
+                "".join(f"{t}\n" for t in kept)
+            )
+
         def validate(model: nn.Module, out: Path) -> dict[str, Any]:
             return evaluate_model(model, cfg, out)
 
         extra = worker_context(cfg.student.store)
-        return fit(cfg, objective, dataset, collate_student, info, validate, extra)
+        return fit(
+            cfg, objective, dataset, collate_student, info, validate, extra,
+            record={"labeled_tokens": kept},
+        )  # fmt: skip
     finally:
         cleanup_distributed()

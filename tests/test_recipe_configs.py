@@ -33,7 +33,7 @@ def test_every_recipe_has_a_demo_and_a_nuscenes_config() -> None:
 @pytest.mark.parametrize("path", STUDENT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_student_config_builds_and_reads_only_what_its_cache_writes(path: Path) -> None:
     cfg = load_config(str(path))
-    assert cfg.student.recipe in RECIPES
+    assert set(cfg.student.recipe.split("+")) <= set(RECIPES)  # a recipe, or several joined
     assert cfg.model.kind in STUDENT_BUILDERS
     recipe = build_recipe(cfg)
     student = build_student(cfg)
@@ -66,3 +66,54 @@ def test_student_config_builds_and_reads_only_what_its_cache_writes(path: Path) 
     for name, shape in recipe.expects.items():
         if shape is not None and name in channels:
             assert shape[0] == channels[name], (path, name, shape, channels[name])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "field", "teacher"),
+    [
+        ("simdistill", "camera_bev", "fusion"),
+        ("labeldistill", "label_bev", "label_encoder"),
+        ("cmkd", "lidar_bev", "lidar"),
+    ],
+)
+def test_a_store_without_a_field_the_recipe_needs_fails_at_start_up(
+    tmp_path: Path, recipe: str, field: str, teacher: str
+) -> None:
+    """A LiDAR-only store cannot feed simdistill, a store without the label encoder cannot feed
+    labeldistill: train-student's start-up check names the field and its teacher."""
+    from test_distill_losses import small_cfg
+
+    from bevkd.stages.train_student import open_for
+    from bevkd.storage.fields import bev_feature_field, heatmap_field
+    from bevkd.storage.schema import ContractMismatch, StoreContract
+    from bevkd.storage.testing import SMALL_GRID, write_store
+
+    kind = "camera_sim" if recipe == "simdistill" else "camera"
+    cfg = small_cfg(
+        f"model.kind={kind}", f"student.recipe={recipe}", f"student.store={tmp_path / 's.zarr'}"
+    )
+    # a store of everything the recipe reads but the one field
+    recipe_ = build_recipe(cfg)
+    fields = []
+    for name, shape in recipe_.expects.items():
+        if name == field:
+            continue
+        c = shape[0] if shape else 8
+        if "heatmap" in name:
+            fields.append(
+                heatmap_field(name, c, SMALL_GRID.H, SMALL_GRID.W, activation="probabilities")
+            )
+        elif name in ("box_regression", "fusion_box_regression"):
+            from bevkd.storage.fields import box_regression_field
+
+            fields.append(box_regression_field(name, SMALL_GRID.H, SMALL_GRID.W))
+        else:
+            fields.append(bev_feature_field(name, c, *shape[1:]))
+    write_store(
+        str(tmp_path / "s.zarr"),
+        StoreContract(2, cfg.grid.bev_grid, tuple(cfg.classes), tuple(fields)),
+        n_frames=2,
+        shard_size=2,
+    )
+    with pytest.raises(ContractMismatch, match=rf"{field}.*{teacher}"):
+        open_for(cfg, recipe_)

@@ -1,4 +1,5 @@
-"""``bevkd evaluate``: score a detection results file (nuScenes devkit, or KITTI AP|R40)."""
+"""``bevkd evaluate``: score detections (nuScenes devkit, or KITTI AP|R40) from a results file,
+a checkpoint run over the split, or a teacher store's cached boxes."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ from bevkd.pipeline.options import config_options, resolve
     help="A trained teacher or student: run it over the val split (with its own config, "
     "--set applied last) and evaluate.",
 )
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="A teacher store: score its cached boxes as detections (the pseudo-labels' quality) "
+    "with the dataset config it was cached with (--config replaces it, --set applied last).",
+)
+@click.option("--boxes-field", default="boxes", show_default=True,
+              help="With --store: the boxes field to score (boxes, fusion_boxes).")  # fmt: skip
+@click.option("--score-threshold", "score_thresholds", multiple=True, metavar="T[,T...]",
+              help="With --store: keep boxes with score >= T (default 0: all). Several (repeat "
+              "the option or give 0.1,0.3,0.5) score each into <out>/score_<T>/ plus sweep.json.")  # fmt: skip
 @click.option("--draw", default=4, show_default=True,
               help="With --checkpoint: PNGs of this many frames (BEV predictions vs GT and the "
               "teacher's cached boxes; boxes on the camera images).")  # fmt: skip
@@ -38,7 +51,8 @@ from bevkd.pipeline.options import config_options, resolve
     "out_dir",
     default=None,
     type=click.Path(file_okay=False),
-    help="Where metrics.json and summary.md go (default: beside the results, eval_<name>/).",
+    help="Where metrics.json and summary.md go (default: beside the results, eval_<name>/; "
+    "for --store, <store>.eval/<split>_<field>/).",
 )
 @click.option(
     "--format",
@@ -54,6 +68,9 @@ def command(
     data_root: str | None,
     results_path: str | None,
     checkpoint: str | None,
+    store_url: str | None,
+    boxes_field: str,
+    score_thresholds: tuple[str, ...],
     out_dir: str | None,
     fmt: str | None,
     render_curves: bool,
@@ -61,19 +78,30 @@ def command(
 ) -> None:
     """Evaluate detections against the dataset's GT and write metrics.json + summary.md.
 
-    Give either --results (a results file made elsewhere) or --checkpoint (a trained teacher
+    Give one of --results (a results file made elsewhere), --checkpoint (a trained teacher
     or student, run here over the val split with the config saved in the checkpoint, --set
-    applied last). A student trained on one dataset scores on another with the same rig:
-    --set data.root=OTHER (and eval.eval_set / data.val_split for another split).
+    applied last) or --store (a teacher store's cached boxes, scored as detections on
+    eval.eval_set: the pseudo-labels' own quality). A student trained on one dataset scores on
+    another with the same rig: --set data.root=OTHER (and eval.eval_set / data.val_split for
+    another split).
 
     \b
     Examples:
       bevkd evaluate --checkpoint work/demo/student_cmkd/best.pt
       bevkd evaluate --checkpoint work/demo/student_cmkd/best.pt --set data.root=/data/other
       bevkd evaluate --data work/demo/data --results results_nusc.json
+      bevkd evaluate --store work/demo/teacher.zarr --set eval.eval_set=train
+      bevkd evaluate --store work/demo/teacher.zarr --score-threshold 0.1,0.3,0.5
     """
-    if (results_path is None) == (checkpoint is None):
-        raise click.UsageError("give exactly one of --results and --checkpoint")
+    if sum(x is not None for x in (results_path, checkpoint, store_url)) != 1:
+        raise click.UsageError("give exactly one of --results, --checkpoint and --store")
+    if store_url is None and (score_thresholds or boxes_field != "boxes"):
+        raise click.UsageError("--score-threshold and --boxes-field go with --store")
+    if store_url:
+        thresholds = _thresholds(score_thresholds)
+        cfg_args = (config_path, overrides, data_root, fmt, render_curves)
+        _evaluate_store(store_url, boxes_field, thresholds, cfg_args, out_dir)
+        return
     if checkpoint:
         summary = _evaluate_checkpoint(Path(checkpoint), overrides, data_root, out_dir, draw)
         _print(summary)
@@ -109,6 +137,63 @@ def _evaluate_checkpoint(
     summary: dict = evaluate_model(model, cfg, out, draw=draw)
     click.echo(f"saved to {out}")
     return summary
+
+
+def _thresholds(values: tuple[str, ...]) -> list[float]:
+    """``--score-threshold`` values, each one number or a comma-separated list."""
+    out = []
+    for text in (v for value in values for v in value.split(",") if v.strip()):
+        try:
+            out.append(float(text))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not a number", param_hint="--score-threshold"
+            ) from None
+    return sorted(set(out)) or [0.0]
+
+
+def _evaluate_store(
+    url: str,
+    field: str,
+    thresholds: list[float],
+    cfg_args: tuple[str | None, tuple[str, ...], str | None, str | None, bool],
+    out_dir: str | None,
+) -> None:
+    from bevkd.stages import evaluate_store
+    from bevkd.storage.reader import open_store
+
+    config_path, overrides, data_root, fmt, render_curves = cfg_args
+    store = open_store(url)
+    cfg = with_data_root(evaluate_store.store_config(store, config_path, overrides), data_root, fmt)
+    if render_curves:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, render_curves=True))
+    out = (
+        Path(out_dir)
+        if out_dir
+        else evaluate_store.default_out_dir(url, cfg.eval.eval_set, field, thresholds)
+    )
+    if len(thresholds) == 1:
+        summary = evaluate_store.evaluate_store(cfg, store, field, out, thresholds[0])
+        click.echo(f"detections: {summary['source']}")
+        _skipped(summary["store"]["skipped_frames"])
+        _print(summary)
+        click.echo(f"saved to {out}")
+        return
+    results = evaluate_store.sweep(cfg, store, field, thresholds, out)
+    first = next(iter(results.values()))
+    click.echo(
+        f"store {url}, field {field}, '{cfg.eval.eval_set}' ({first['store']['num_frames']} frames)"
+    )
+    _skipped(first["store"]["skipped_frames"])
+    click.echo(evaluate_store.sweep_table(results))
+    click.echo(f"saved sweep.json and score_<T>/ to {out}")
+
+
+def _skipped(skipped: dict[str, str]) -> None:
+    for token, reason in list(skipped.items())[:5]:
+        click.echo(f"  skipped by the teacher, scored without boxes: {token} ({reason})")
+    if len(skipped) > 5:
+        click.echo(f"  ... and {len(skipped) - 5} more skipped frames (metrics.json lists them)")
 
 
 def _print(summary: dict) -> None:
