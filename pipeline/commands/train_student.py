@@ -21,9 +21,12 @@ from bevkd.pipeline.options import config_options, resolve
 def command(
     config_path: str | None, overrides: tuple[str, ...], build_missing: bool, cache_config: str
 ) -> None:
-    """Train a camera BEV student (model.kind camera) with the recipe student.recipe names
-    (baseline | cmkd) against the store student.store, then evaluate it on val (nuScenes
-    devkit mAP/NDS, or KITTI AP|R40).
+    """Train a camera BEV student (model.kind camera, or camera_sim: SimDistill's simulated
+    multi-modal student) with the recipe student.recipe names (baseline | cmkd | labeldistill |
+    simdistill | focal | pseudo_label, or several joined by '+', e.g. cmkd+pseudo_label)
+    against the store student.store, then evaluate it on val (nuScenes devkit mAP/NDS, or
+    KITTI AP|R40). student.labeled_fraction keeps the GT of a seeded subset of the labelled
+    frames only (an annotation budget; the rest become unlabelled frames).
 
     Start-up checks the store against the recipe (grid, classes, the fields it reads and
     their shapes) and leaves out frames the teacher skipped. student.unlabeled=true adds the
@@ -38,6 +41,8 @@ def command(
     \b
     Examples:
       bevkd train-student --config configs/demo/student_cmkd.yaml
+      bevkd train-student --config configs/demo/student_simdistill.yaml --build-missing
+      bevkd train-student --config configs/demo/student_pseudo_label.yaml   # 25% of the labels
       bevkd train-student --config configs/demo/student_cmkd.yaml \\
           --set student.unlabeled=true --set train.out_dir=work/demo/student_cmkd_unlab
       torchrun --nproc_per_node 8 -m bevkd.pipeline.cli train-student --config F
