@@ -62,15 +62,17 @@ class CameraStudent(nn.Module):
         """``batch``: anything with ``images``, ``cam2img`` and ``cam2ego`` (a
         :class:`~bevkd.datasets.student_batch.StudentBatch` or a dataset ``Batch``)."""
         cam = self.camera(batch.images, batch.cam2img, batch.cam2ego)
-        scales = self.encoder(cam.bev)  # named lidar_bev* by the shared SECOND backbone
+        return self.detect(cam.bev, {"camera_bev": cam.bev}, cam.depth_logits, decode)
+
+    def detect(self, bev: torch.Tensor, features: dict[str, torch.Tensor],
+               depth_logits: torch.Tensor, decode: bool) -> StudentOutput:  # fmt: skip
+        """The BEV encoder, neck and head over ``bev``; ``features`` plus the encoder's two
+        scales (``bev``, ``bev_s2``) make the output's features."""
+        scales = self.encoder(bev)  # named lidar_bev* by the shared SECOND backbone
         head_out: HeadOutput = self.head(self.neck(scales))
-        features = {
-            "camera_bev": cam.bev,
-            "bev": scales["lidar_bev"],
-            "bev_s2": scales["lidar_bev_s2"],
-        }
+        features = {**features, "bev": scales["lidar_bev"], "bev_s2": scales["lidar_bev_s2"]}
         detections = self.decode(head_out) if decode else []
-        return StudentOutput(features, head_out, cam.depth_logits, detections)
+        return StudentOutput(features, head_out, depth_logits, detections)
 
     def decode(self, head_out: HeadOutput) -> list[Detections]:
         return box_coder.decode(head_out, self.bev_grid, self.head_cfg)

@@ -146,7 +146,7 @@ INIT_RENAMES: dict[tuple[str, str], dict[str, str]] = {
     ("fusion", "camera_sim"): {
         "camera.": "camera.",
         "fuser.": "fuser.",
-        "decoder.": "decoder.",
+        "decoder.": "encoder.",
         "neck.": "neck.",
         "head.": "head.",
     },

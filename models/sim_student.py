@@ -26,13 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevkd.models import box_coder
 from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
 from bevkd.models.camera_bev import CameraBEV, build_camera_bev
-from bevkd.models.camera_student import StudentOutput
+from bevkd.models.camera_student import CameraStudent, StudentOutput
 from bevkd.models.fusion_teacher import ConvFuser
 from bevkd.models.head import CenterHead, conv_bn_relu
-from bevkd.models.outputs import Detections, HeadOutput
 from bevkd.pipeline.config import Config, HeadConfig
 from bevkd.pipeline.geometry import BEVGrid
 
@@ -69,19 +67,16 @@ class GeometryCompensation(nn.Module):
         return self.mix(torch.cat([bev, sampled], dim=1))  # type: ignore[no-any-return]
 
 
-class SimStudent(nn.Module):
-    """Camera-only CenterPoint student with a simulated LiDAR branch and a fuser."""
+class SimStudent(CameraStudent):
+    """Camera-only CenterPoint student with a simulated LiDAR branch and a fuser; its BEV
+    encoder (the decoder after the fuser), neck and head are the camera student's."""
 
     def __init__(self, grid: BEVGrid, head_cfg: HeadConfig, class_names: Sequence[str],
                  camera: CameraBEV, compensation: GeometryCompensation, fuser: ConvFuser,
-                 decoder: SECONDBackbone, neck: SECONDFPN, head: CenterHead) -> None:  # fmt: skip
-        super().__init__()
-        self.bev_grid, self.head_cfg = grid, head_cfg
-        self.class_names = tuple(class_names)
-        self.camera = camera
+                 encoder: SECONDBackbone, neck: SECONDFPN, head: CenterHead) -> None:  # fmt: skip
+        super().__init__(grid, head_cfg, class_names, camera, encoder, neck, head)
         self.sim_depth_net, self.sim_refine = camera.make_view_transform()
         self.compensation, self.fuser = compensation, fuser
-        self.decoder, self.neck, self.head = decoder, neck, head
 
     def forward(self, batch: Any, decode: bool = False) -> StudentOutput:
         """``batch``: anything with ``images``, ``cam2img`` and ``cam2ego``."""
@@ -92,20 +87,8 @@ class SimStudent(nn.Module):
         )
         sim_lidar_bev = self.compensation(sim.bev)
         fused = self.fuser(cam.bev, sim_lidar_bev)
-        scales = self.decoder(fused)  # named lidar_bev* by the shared SECOND backbone
-        head_out: HeadOutput = self.head(self.neck(scales))
-        features = {
-            "camera_bev": cam.bev,
-            "sim_lidar_bev": sim_lidar_bev,
-            "fused_bev": fused,
-            "bev": scales["lidar_bev"],
-            "bev_s2": scales["lidar_bev_s2"],
-        }
-        detections = self.decode(head_out) if decode else []
-        return StudentOutput(features, head_out, cam.depth_logits, detections)
-
-    def decode(self, head_out: HeadOutput) -> list[Detections]:
-        return box_coder.decode(head_out, self.bev_grid, self.head_cfg)
+        features = {"camera_bev": cam.bev, "sim_lidar_bev": sim_lidar_bev, "fused_bev": fused}
+        return self.detect(fused, features, cam.depth_logits, decode)
 
 
 def build_sim_student(cfg: Config) -> SimStudent:
@@ -122,7 +105,7 @@ def build_sim_student(cfg: Config) -> SimStudent:
         camera=camera,
         compensation=GeometryCompensation(camera.bev_channels),
         fuser=ConvFuser(camera.bev_channels, camera.bev_channels, channels),
-        decoder=SECONDBackbone(channels, channels, cfg.student.bev_layers),
+        encoder=SECONDBackbone(channels, channels, cfg.student.bev_layers),
         neck=neck,
         head=CenterHead(neck.out_channels, len(cfg.classes), cfg.model.head_channels),
     )
