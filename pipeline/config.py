@@ -303,6 +303,9 @@ class StudentConfig:
     # student.unlabeled is true). The kept tokens go to <out_dir>/labeled_frames.txt.
     labeled_fraction: float = 1.0
     label_seed: int = 0
+    # labelled frames in every batch when unlabelled frames train too (0: all frames shuffled
+    # together); e.g. 2 of batch 4, as semi-supervised detectors train (datasets/sampler.py)
+    labelled_per_batch: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.labeled_fraction <= 1.0:

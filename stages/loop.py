@@ -190,17 +190,21 @@ def _loss(
 def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list[Any]], Any],
         info: DistInfo, validate: Validate | None = None,
         loader_extra: dict[str, Any] | None = None,
-        record: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
+        record: dict[str, Any] | None = None, labelled: Any = None,
+        labelled_per_batch: int = 0) -> TrainResult:  # fmt: skip
     """Train ``objective`` on ``dataset`` (keys ``(epoch, index)``) as ``cfg.train`` says;
     returns where the checkpoints went and the validation metrics. ``record``: more entries
-    for every checkpoint (e.g. the frames whose labels the run used)."""
+    for every checkpoint (e.g. the frames whose labels the run used). ``labelled`` (a bool per
+    frame) and ``labelled_per_batch``: a fixed labelled share of every batch
+    (:class:`~bevkd.datasets.sampler.EpochBatches`)."""
     record = dict(record or {})
     t = cfg.train
     out = Path(t.out_dir)
     model: nn.Module = objective.model  # type: ignore[assignment]
     sampler = EpochBatches(
-        len(dataset), t.batch_size, t.seed, True, info.rank, info.world_size, t.grad_accum
-    )
+        len(dataset), t.batch_size, t.seed, True, info.rank, info.world_size, t.grad_accum,
+        labelled, labelled_per_batch,
+    )  # fmt: skip
     workers = dict(
         num_workers=t.num_workers, persistent_workers=t.num_workers > 0, **(loader_extra or {})
     )

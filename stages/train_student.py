@@ -167,9 +167,11 @@ def run(cfg: Config) -> TrainResult:
             return evaluate_model(model, cfg, out)
 
         extra = worker_context(cfg.student.store)
+        labelled = np.array([f.has_label for f in dataset.base.frames], dtype=bool)
         return fit(
             cfg, objective, dataset, collate_student, info, validate, extra,
-            record={"labeled_tokens": kept},
+            record={"labeled_tokens": kept}, labelled=labelled,
+            labelled_per_batch=cfg.student.labelled_per_batch,
         )  # fmt: skip
     finally:
         cleanup_distributed()
