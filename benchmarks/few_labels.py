@@ -18,9 +18,9 @@ other score thresholds (seed 0), for the student's car AP against the threshold;
 cached boxes are scored too (``bevkd evaluate --store``, val), the pseudo-labels' own quality.
 Writes the few-labels block of ``docs/results.md`` (mean ± std over the seeds run, the
 fraction of the gap to the ceiling each arm closes, the threshold table and the pseudo-labels'
-own quality) and ``docs/few_labels_threshold_lpb<k>.png``. ``--labelled-per-batch k`` (default
-2, as the semi-supervised detectors train) puts k labelled frames in every batch of the mixed
-arms; 0 shuffles all frames together (each protocol has its own folders and block).
+own quality) and ``docs/few_labels_threshold_lpb<k>.png``. ``--labelled-per-batch k`` puts k
+labelled frames in every batch of the mixed arms (2 of 4, as semi-supervised detectors train);
+the default 0 shuffles all frames together (each protocol has its own folders and block).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--thresholds", nargs="*", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument(
-        "--labelled-per-batch", type=int, default=2,
+        "--labelled-per-batch", type=int, default=0,
         help="labelled frames in every batch of the mixed arms (0: all frames shuffled together)",
     )  # fmt: skip
     args = parser.parse_args()
