@@ -118,6 +118,10 @@ def main() -> None:
         "--labelled-per-batch", type=int, default=0,
         help="labelled frames in every batch of the mixed arms (0: all frames shuffled together)",
     )  # fmt: skip
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="write the block from the arms already evaluated; train nothing",
+    )  # fmt: skip
     args = parser.parse_args()
     k = args.labelled_per_batch
 
@@ -136,7 +140,13 @@ def main() -> None:
                          Arm(f"pseudo_label thr {threshold:g}", config,
                              folder("pseudo_label", 0, f"{tag}_thr{threshold:g}")),
                          [*sets, f"distill.pseudo_threshold={threshold}", "train.seed=0"]))  # fmt: skip
-    metrics = run_parallel(jobs, args.parallel)
+    if args.report_only:  # the arms already evaluated, nothing trained
+        from bevkd.stages.demo_students import arm_metrics
+
+        found = {key: arm_metrics(OUT / arm.folder) for key, arm, _ in jobs}
+        metrics = {key: m for key, m in found.items() if m is not None}
+    else:
+        metrics = run_parallel(jobs, args.parallel)
 
     car = {key: m["class_ap"]["car"] for key, m in metrics.items()}
     by_arm: dict[str, list[dict]] = {}

@@ -40,7 +40,7 @@ DEMO_ARMS: tuple[Arm, ...] = (
 )
 
 
-def _metrics(folder: Path) -> dict[str, Any] | None:
+def arm_metrics(folder: Path) -> dict[str, Any] | None:
     path = folder / "eval" / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -58,7 +58,7 @@ def train_arm(
             f"{folder} holds a run of another config than {arm.config} with the demo's settings "
             "(the config changed since): remove that folder to train it again"
         )
-    if (done := _metrics(folder)) is not None:
+    if (done := arm_metrics(folder)) is not None:
         click.echo(f"[students] {arm.name}: already trained ({folder})")
         return done
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def train_arm(
     started = time.perf_counter()
     with (folder / "train.out").open("a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code != 0 or (metrics := _metrics(folder)) is None:
+    if code != 0 or (metrics := arm_metrics(folder)) is None:
         tail = (folder / "train.out").read_text()[-2000:]
         raise BevkdError(f"student '{arm.name}' failed (exit {code}); the end of its log:\n{tail}")
     click.echo(
