@@ -26,7 +26,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from student_step import PeakMemory, batch_keys, time_steps
 
-from bevkd.datasets.student_batch import collate_student
 from bevkd.pipeline.config import load_config
 from bevkd.pipeline.distributed import setup_distributed
 from bevkd.stages.train_student import build
@@ -58,7 +57,7 @@ def main() -> None:
         keys = batch_keys(
             len(dataset), cfg.train.batch_size, cfg.train.seed, args.warmup + args.steps
         )
-        batches = [collate_student([dataset[k] for k in batch]) for batch in keys]
+        batches = [dataset.collate([dataset[k] for k in batch]) for batch in keys]
         runs[name] = (cfg, objective, optimizer, scaler, batches)
         fields = ", ".join(sorted(objective.recipe.expects)) or "none"
         print(f"{name:13s} {cfg.model.kind:10s} fields: {fields}")

@@ -39,7 +39,7 @@ from torch import nn
 
 from bevkd.datasets.cached import worker_context
 from bevkd.datasets.sampler import EpochBatches
-from bevkd.datasets.student_batch import StudentBatch, collate_student
+from bevkd.datasets.student_batch import StudentBatch
 from bevkd.pipeline.config import Config, load_config
 from bevkd.pipeline.distributed import setup_distributed
 from bevkd.stages.train_student import StudentObjective, build
@@ -181,7 +181,7 @@ def main() -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
     keys = batch_keys(len(dataset), batch_size, cfg.train.seed, args.warmup + args.steps)
     start = time.perf_counter()
-    in_ram = [collate_student([dataset[k] for k in batch]) for batch in keys]
+    in_ram = [dataset.collate([dataset[k] for k in batch]) for batch in keys]
     size = sum(
         t.numel() * t.element_size()
         for b in in_ram
@@ -202,7 +202,7 @@ def main() -> None:
 
     def store_run() -> Run:
         # as fit builds it, but with workers started per run (their start-up is in the warm-up)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=collate_student,
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=dataset.collate,
                                              pin_memory=device.type == "cuda", **extra)  # fmt: skip
         iterator = iter(loader)
         try:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bevkd.datasets.frame import map_tensors
+from bevkd.datasets.student_batch import StudentBatch, collate_student
 from bevkd.storage.augment import transform_field
 from bevkd.storage.reader import TeacherStore
 from bevkd.storage.remote import is_local
@@ -63,6 +64,13 @@ class CachedTargets(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def collate(self, items: list[tuple[Any, dict[str, torch.Tensor]]]) -> StudentBatch:
+        """:func:`collate_student` with every field this dataset reads present in the batch,
+        even where no item holds it (``present`` then all False)."""
+        contract = self._store.get().contract
+        names = self.fields if self.fields is not None else contract.field_names
+        return collate_student(items, {name: contract.field(name).shape for name in names})
 
     def __getitem__(self, key: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         sample = self.base[key]
@@ -174,3 +182,6 @@ class SamplesOnly(torch.utils.data.Dataset):
 
     def __getitem__(self, key: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         return self.base[key], {}
+
+    def collate(self, items: list[tuple[Any, dict[str, torch.Tensor]]]) -> StudentBatch:
+        return collate_student(items)

@@ -5,6 +5,7 @@ fields, already moved by each sample's BEV augmentation)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,25 +43,37 @@ class StudentBatch(Batch):
     targets: Targets = field(default_factory=Targets)
 
 
-def collate_targets(targets: list[dict[str, torch.Tensor]]) -> Targets:
-    """Stack per-sample target dicts; a field absent in some samples is zero-filled and masked."""
-    names = sorted({n for t in targets for n in t})
+def collate_targets(
+    targets: list[dict[str, torch.Tensor]], expected: Mapping[str, Sequence[int]] | None = None
+) -> Targets:
+    """Stack per-sample target dicts; a field absent in some samples is zero-filled and masked
+    (``present``). ``expected`` (field -> per-frame shape: (C, H, W), or (capacity, 11) for
+    boxes) names the fields every batch has, even one where no sample holds it (a batch of
+    unlabelled frames has no ``label_bev`` to collate): zeros, ``present`` all False."""
+    shapes = dict(expected or {})
+    names = sorted(set(shapes) | {n for t in targets for n in t})
     fields, present, boxes = {}, {}, {}
     for name in names:
         have = torch.tensor([name in t for t in targets], dtype=torch.bool)
-        example = next(t[name] for t in targets if name in t)
+        example = next((t[name] for t in targets if name in t), None)
+        if example is None:
+            example = torch.zeros(tuple(shapes[name]))
+        present[name] = have
         if example.ndim == 2:  # boxes rows
             boxes[name] = [t.get(name, torch.zeros((0, example.shape[1]))) for t in targets]
             continue
         fields[name] = torch.stack(
             [t[name] if name in t else torch.zeros_like(example) for t in targets]
         )
-        present[name] = have
     return Targets(fields, present, boxes)
 
 
-def collate_student(items: list[tuple[Sample, dict[str, torch.Tensor]]]) -> StudentBatch:
-    """DataLoader ``collate_fn`` for :class:`bevkd.datasets.cached.CachedTargets` items."""
+def collate_student(
+    items: list[tuple[Sample, dict[str, torch.Tensor]]],
+    expected: Mapping[str, Sequence[int]] | None = None,
+) -> StudentBatch:
+    """DataLoader ``collate_fn`` for :class:`bevkd.datasets.cached.CachedTargets` items (its
+    ``collate`` passes the fields it reads as ``expected``)."""
     batch = collate([s for s, _ in items])
     fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    return StudentBatch(**fields, targets=collate_targets([t for _, t in items]))
+    return StudentBatch(**fields, targets=collate_targets([t for _, t in items], expected))

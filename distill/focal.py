@@ -155,12 +155,11 @@ class FocalDistiller(Recipe):
     def instance_boxes(self, batch: StudentBatch) -> list[torch.Tensor]:
         """Per frame, the teacher's box rows scoring above ``region_score``, on frames whose
         teacher BEV is cached; empty rows elsewhere (and where the store has no boxes)."""
-        rows = batch.targets.boxes.get(self.boxes_field)
+        rows = batch.targets.boxes[self.boxes_field]
         present = batch.targets.present[self.bev_field]
         out = []
         for b in range(batch.size):
-            frame = rows[b] if rows is not None else torch.zeros((0, 11))
-            frame = frame.to(batch.images.device, torch.float32)
+            frame = rows[b].to(batch.images.device, torch.float32)
             keep = (frame[:, 9] > self.d.region_score) & present[b]
             out.append(frame[keep])
         return out

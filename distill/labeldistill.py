@@ -190,11 +190,9 @@ class LabelDistill(Recipe):
             kd_lidar = kd_lidar + masked_feature_loss(
                 adapted, tg.field(lidar_field)[frames], soft[frames]
             )
-            # A batch of unlabelled frames only has no label_bev at all (nothing to collate).
-            present = tg.present.get(label_field)
-            frames = labelled.view(-1) & (present if present is not None else False)
+            frames = labelled.view(-1) & tg.present[label_field]
             adapted = self.label_adaptors[str(scale)](student[frames, :n])
-            teacher = tg.field(label_field)[frames] if present is not None else adapted.detach()
+            teacher = tg.field(label_field)[frames]
             kd_label = kd_label + masked_feature_loss(adapted, teacher, binary[frames])
         return kd_lidar, kd_label
 

@@ -126,9 +126,7 @@ class PseudoLabel(Recipe):
     def pseudo_targets(self, batch: StudentBatch) -> tuple[list[torch.Tensor], ...]:
         """Per frame: the kept boxes (M, 9), labels (M,), scores (M,); empty where the frame
         takes no pseudo-labels or the store has no boxes for it."""
-        rows = batch.targets.boxes.get(self.field) or [
-            torch.zeros((0, 11)) for _ in range(batch.size)
-        ]
+        rows = batch.targets.boxes[self.field]
         chosen = self.pseudo_frames(batch)
         out: tuple[list[torch.Tensor], ...] = ([], [], [])
         for i, frame_rows in enumerate(rows):

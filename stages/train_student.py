@@ -21,7 +21,6 @@ from torch import nn
 from bevkd.datasets.cached import CachedTargets, SamplesOnly, worker_context
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
-from bevkd.datasets.student_batch import collate_student
 from bevkd.distill.recipes import Recipe, build_recipe
 from bevkd.models.checkpoint import init_from_checkpoint
 from bevkd.pipeline.config import Config, ConfigError, save_resolved
@@ -169,7 +168,7 @@ def run(cfg: Config) -> TrainResult:
         extra = worker_context(cfg.student.store)
         labelled = np.array([f.has_label for f in dataset.base.frames], dtype=bool)
         return fit(
-            cfg, objective, dataset, collate_student, info, validate, extra,
+            cfg, objective, dataset, dataset.collate, info, validate, extra,
             record={"labeled_tokens": kept}, labelled=labelled,
             labelled_per_batch=cfg.student.labelled_per_batch,
         )  # fmt: skip

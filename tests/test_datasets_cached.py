@@ -135,3 +135,18 @@ def test_missing_store_fails_in_the_reader_with_a_clear_error(tmp_path: Path) ->
     dataset = CachedTargets(Samples(["t"], [True]), str(tmp_path / "none.zarr"))
     with pytest.raises(StoreError, match=r"none\.zarr: no such directory"):
         dataset[0]
+
+
+def test_a_field_no_sample_holds_is_still_collated_as_absent() -> None:
+    """A batch of unlabelled frames holds no ``label_bev``; with the fields a dataset reads
+    (``expected``), the batch still has it: zeros, ``present`` all False; and boxes fields
+    get empty rows and a ``present`` entry too."""
+    from bevkd.datasets.student_batch import collate_targets
+
+    items = [{"lidar_bev": torch.ones(2, 4, 4)}, {"lidar_bev": torch.ones(2, 4, 4)}]
+    tg = collate_targets(items, {"lidar_bev": (2, 4, 4), "label_bev": (3, 4, 4), "boxes": (8, 11)})
+    assert tg.field("label_bev").shape == (2, 3, 4, 4) and not tg.field("label_bev").any()
+    assert tg.present["label_bev"].tolist() == [False, False]
+    assert tg.present["lidar_bev"].tolist() == [True, True]
+    assert [r.shape for r in tg.boxes["boxes"]] == [(0, 11), (0, 11)]
+    assert tg.present["boxes"].tolist() == [False, False]
