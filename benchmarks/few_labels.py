@@ -44,32 +44,25 @@ def epochs(frames: int) -> int:
     return math.ceil(STEPS / (frames // BATCH))
 
 
+MIXED = ("cmkd", "pseudo_label", "cmkd+pseudo_label")  # the arms that train unlabelled frames
 # arm -> (config, overrides)
 ARMS: dict[str, tuple[str, list[str]]] = {
     "baseline 25%": (
         "configs/demo/student_baseline.yaml",
         [*FEW, "student.unlabeled=false", f"train.epochs={epochs(LABELLED)}"],
     ),
-    "cmkd": (
-        "configs/demo/student_cmkd.yaml",
-        [*FEW, "student.unlabeled=true", f"train.epochs={epochs(LABELLED + HIDDEN + SWEEPS)}"],
-    ),
-    "pseudo_label": (
-        "configs/demo/student_pseudo_label.yaml",
-        [*FEW, "student.unlabeled=true", f"train.epochs={epochs(LABELLED + HIDDEN + SWEEPS)}"],
-    ),
-    "cmkd+pseudo_label": (
-        "configs/demo/student_cmkd_pseudo_label.yaml",
-        [*FEW, "student.unlabeled=true", f"train.epochs={epochs(LABELLED + HIDDEN + SWEEPS)}"],
-    ),
+    **{
+        name: (
+            f"configs/demo/student_{name.replace('+', '_')}.yaml",
+            [*FEW, "student.unlabeled=true", f"train.epochs={epochs(LABELLED + HIDDEN + SWEEPS)}"],
+        )
+        for name in MIXED
+    },
     "baseline 100%": (
         "configs/demo/student_baseline.yaml",
         ["student.unlabeled=false", f"train.epochs={epochs(LABELLED + HIDDEN)}"],
     ),
 }
-
-
-MIXED = ("cmkd", "pseudo_label", "cmkd+pseudo_label")  # the arms that train unlabelled frames
 
 
 def with_share(name: str, sets: list[str], k: int) -> tuple[list[str], str]:

@@ -9,7 +9,7 @@ terms once and every part's own terms.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,7 +44,6 @@ class Combined(Recipe):
     def __init__(self, cfg: Config, parts: list[Recipe]) -> None:
         super().__init__(cfg, use_gt=all(p.use_gt for p in parts))
         self.parts = nn.ModuleList(parts)
-        self.recipes: list[Recipe] = list(parts)  # the same modules, typed
         for part in parts:
             for name, shape in part.expects.items():
                 have = self.expects.get(name)
@@ -54,6 +53,11 @@ class Combined(Recipe):
                         f"{name!r} at shapes {have} and {shape}"
                     )
                 self.expects[name] = have if shape is None else shape
+
+    @property
+    def recipes(self) -> list[Recipe]:
+        """The parts, typed."""
+        return [cast(Recipe, part) for part in self.parts]
 
     def bind(self, fields: dict[str, Any]) -> Recipe:
         for part in self.recipes:

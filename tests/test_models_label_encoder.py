@@ -164,20 +164,7 @@ def test_label_encoder_overfits_one_batch_through_frozen_teacher() -> None:
         torch.tensor([[-6.0, 6.0, 0.0, 10.0, 2.5, 3.5, 2.0, 0.0, 0.0]]),
     ]
     labels = [torch.tensor([0, 8]), torch.tensor([3])]
-    batch = Batch(
-        tokens=["a", "b"],
-        indices=torch.arange(2),
-        has_label=torch.tensor([True, True]),
-        images=torch.zeros(2, 1, 3, 8, 8),
-        cam2img=torch.eye(4).expand(2, 1, 4, 4),
-        cam2ego=torch.eye(4).expand(2, 1, 4, 4),
-        img_aug=torch.eye(4).expand(2, 1, 4, 4),
-        bev_aug=torch.eye(4).expand(2, 4, 4),
-        points=torch.zeros(0, 6),
-        gt_boxes=boxes,
-        gt_labels=labels,
-        depth=torch.zeros(2, 1, 1, 1),
-    )
+    batch = _label_batch(boxes, labels)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(30):
@@ -260,7 +247,10 @@ def test_builder_wraps_the_checkpointed_lidar_teacher(tmp_path) -> None:
         build_teacher(other_grid)
 
 
-def _label_batch() -> Batch:
+def _label_batch(
+    gt_boxes: list[torch.Tensor] | None = None, gt_labels: list[torch.Tensor] | None = None
+) -> Batch:
+    """Two labelled frames (one box each unless given), no images or points."""
     return Batch(
         tokens=["a", "b"],
         indices=torch.arange(2),
@@ -271,11 +261,12 @@ def _label_batch() -> Batch:
         img_aug=torch.eye(4).expand(2, 1, 4, 4),
         bev_aug=torch.eye(4).expand(2, 4, 4),
         points=torch.zeros(0, 6),
-        gt_boxes=[
+        gt_boxes=gt_boxes
+        or [
             torch.tensor([[4.0, 1.0, 0.0, 4.2, 1.9, 1.6, 0.3, 1.0, 0.0]]),
             torch.tensor([[-6.0, 6.0, 0.0, 10.0, 2.5, 3.5, 2.0, 0.0, 0.0]]),
         ],
-        gt_labels=[torch.tensor([0]), torch.tensor([3])],
+        gt_labels=gt_labels or [torch.tensor([0]), torch.tensor([3])],
         depth=torch.zeros(2, 1, 1, 1),
     )
 
