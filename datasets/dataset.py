@@ -30,7 +30,8 @@ from bevkd.pipeline.geometry import transform_boxes, transform_points
 class FrameDataset(torch.utils.data.Dataset):
     """Loads frames; ``train=True`` draws random augmentation, ``train=False`` uses none.
 
-    ``cameras``: the camera names to load, in this order (default ``data.cameras``); a frame
+    ``cameras``: the camera names to load, in this order (default ``data.cameras``; empty: no
+    image is opened, as a LiDAR-only teacher reads its frames); a frame
     without one of them is an error naming the frame and the cameras it has. ``first_number``:
     the number error messages give the first frame (a shard's offset in the whole run).
     """
@@ -71,10 +72,18 @@ class FrameDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = self.rng(index, epoch)
+        return self.load(index, draw_bev_aug(self.data, rng), rng)
+
+    def load(
+        self, index: int, bev_aug: np.ndarray, rng: np.random.Generator | None = None
+    ) -> Sample:
+        """Frame ``index`` moved by the given ``bev_aug`` (4x4), its image augmentation drawn
+        from ``rng`` (None: the validation resize and crop). ``__getitem__`` draws both; an
+        online teacher reads the student's frame through this with the student's ``bev_aug``
+        and no image augmentation, as the store's teachers saw it."""
         frame = self.frames[index]
         where = describe(frame, self.first_number + index)
-        rng = self.rng(index, epoch)
-        bev_aug = draw_bev_aug(self.data, rng)
         points = load_points(frame, self.data.lidar_sweeps, where)
         if self.data.crop_points_to_camera:
             # CMKD's KITTI setting: only points the camera sees (in the ego frame, before BEV aug).
@@ -105,19 +114,20 @@ class FrameDataset(torch.utils.data.Dataset):
                 if self.with_depth
                 else _no_depth(self.data)
             )
+        h, w = self.data.image_size
         return Sample(
             token=frame.token,
             index=index,
             has_label=frame.has_label,
-            images=torch.from_numpy(np.stack(images)),
-            cam2img=_f32(np.stack(cam2img)),
-            cam2ego=_f32(np.stack(cam2ego)),
-            img_aug=_f32(np.stack(img_aug)),
+            images=torch.from_numpy(_stack(images, (3, h, w))),
+            cam2img=_f32(_stack(cam2img, (4, 4))),
+            cam2ego=_f32(_stack(cam2ego, (4, 4))),
+            img_aug=_f32(_stack(img_aug, (4, 4))),
             bev_aug=_f32(bev_aug),
             points=torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
             gt_boxes=_f32(boxes),
             gt_labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-            depth=torch.from_numpy(np.stack(depth)),
+            depth=torch.from_numpy(_stack(depth, _no_depth(self.data).shape)),
         )
 
     def _cameras(self, frame: Frame, where: str) -> list[CameraRecord]:
@@ -135,6 +145,11 @@ def _no_depth(data: DataConfig) -> np.ndarray:
     """An all-zero ("no return") depth map, for loaders that asked for none."""
     h, w = data.image_size
     return np.zeros((h // data.depth_stride, w // data.depth_stride), np.float32)
+
+
+def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """``np.stack``, or an empty ``(0, *shape)`` float32 array for a reader of no camera."""
+    return np.stack(arrays) if arrays else np.zeros((0, *shape), np.float32)
 
 
 def _f32(array: np.ndarray) -> torch.Tensor:

@@ -38,9 +38,12 @@ class StudentBatch(Batch):
     """One step's frames: a dataset :class:`~bevkd.datasets.frame.Batch` (images, ``cam2img``,
     ``cam2ego``, LiDAR depth maps, points, GT boxes and labels, ``has_label``: GT terms apply
     only where it is True) plus ``targets``, the cached teacher fields moved by each frame's BEV
-    augmentation (:class:`Targets`). ``to`` and ``pin_memory`` move the targets too."""
+    augmentation (:class:`Targets`). ``teacher_inputs``: with ``train.targets=online``, the
+    batch each teacher that loads its own view of the frames reads (teacher name -> batch;
+    :mod:`bevkd.stages.online_teacher`). ``to`` and ``pin_memory`` move both too."""
 
     targets: Targets = field(default_factory=Targets)
+    teacher_inputs: dict[str, Batch] = field(default_factory=dict)
 
 
 def collate_targets(

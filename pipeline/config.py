@@ -225,6 +225,12 @@ class TrainConfig:
     # graph traversal per step); every bevkd loss keeps all parameters in the graph
     find_unused_parameters: bool = False
     torch_threads: int = 0  # torch intra-op threads of a training process; 0 = torch's default
+    # train-student only: "cached" reads the teacher fields from student.store; "online" runs
+    # the teachers that made the store inside every step (the seeds' way; stages/online_teacher)
+    targets: str = "cached"
+
+    def __post_init__(self) -> None:
+        _choice("train.targets", self.targets, ("cached", "online"))
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,9 @@ class StudentConfig:
     # labelled frames in every batch when unlabelled frames train too (0: all frames shuffled
     # together); e.g. 2 of batch 4, as semi-supervised detectors train (datasets/sampler.py)
     labelled_per_batch: int = 0
+    # train.targets=online: teacher -> checkpoint, where it is not at the path the store's
+    # provenance records (its sha256 must still be the recorded one)
+    teacher_checkpoints: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.labeled_fraction <= 1.0:

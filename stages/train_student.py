@@ -3,7 +3,9 @@
 Start-up does the checks that must not wait for a DataLoader worker: the recipe's store fields
 against the store's contract (grid, classes, fields and shapes; :mod:`bevkd.stages.student_contract`),
 every training frame present in the store, and the frames the teacher skipped left out (their
-count printed). Then :func:`bevkd.stages.loop.fit` trains ``StudentObjective`` (the student
+count printed). With ``train.targets=online`` the store's teachers run inside every step
+instead of its fields being read (:mod:`bevkd.stages.online_teacher`); the checks and the
+frames are the same, so the two runs are comparable. Then :func:`bevkd.stages.loop.fit` trains ``StudentObjective`` (the student
 and its recipe) and validates on the val split with the dataset's own metric.
 """
 
@@ -31,13 +33,18 @@ from bevkd.stages.student_contract import check_store
 
 
 class StudentObjective(nn.Module):
-    """The student's forward, scored by its recipe: ``{term: weighted loss}``."""
+    """The student's forward, scored by its recipe: ``{term: weighted loss}``. With an
+    ``online`` teacher (``train.targets=online``) the batch's targets are computed first, by
+    the teachers in the loop; otherwise they came from the store with the batch."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
+    def __init__(self, model: nn.Module, recipe: Recipe, online: Any | None = None) -> None:
         super().__init__()
         self.model, self.recipe = model, recipe
+        self.online = online  # not a module: the teachers stay out of parameters and checkpoints
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        if self.online is not None:
+            batch.targets = self.online(batch)
         return self.recipe(self.model(batch), batch)  # type: ignore[no-any-return]
 
 
@@ -135,7 +142,16 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
     frames = training_frames(cfg, store, click.echo if info.is_main else (lambda _: None))
     samples = FrameDataset(frames, cfg.data, train=True, seed=cfg.train.seed)
     if store is None:
+        if cfg.train.targets == "online" and info.is_main:
+            click.echo(f"[train-student] train.targets=online: recipe {cfg.student.recipe} reads no teacher field, so no teacher runs")  # fmt: skip
         return StudentObjective(model, recipe), SamplesOnly(samples)
+    if cfg.train.targets == "online":
+        from bevkd.stages import online_teacher
+
+        online, views = online_teacher.prepare(cfg, store, recipe.expects, samples, info.device)
+        if info.is_main:
+            click.echo(f"[train-student] {online_teacher.describe(online, views)}")
+        return StudentObjective(model, recipe, online), views
     dataset = CachedTargets(samples, cfg.student.store, fields=list(recipe.expects),
                             storage_options=dict(cfg.student.storage_options) or None)  # fmt: skip
     return StudentObjective(model, recipe), dataset

@@ -1,0 +1,297 @@
+"""Online teacher targets (``train.targets=online``): the teacher in the loop, as every seed
+method runs it, and the reference the store is measured against.
+
+The teachers are the checkpoints the store's provenance names (or
+``student.teacher_checkpoints``), each checked against the sha256 the store recorded. They
+run inside every student step, in eval mode under ``no_grad``, on the *augmented* input: the
+frame loaded as the store's teachers read it (their sweeps, cameras and image size, no image
+augmentation) and moved by the student sample's ``bev_aug``. The LiDAR teacher reads the
+student's own points when the student loads them the same way (sweeps, camera crop), as a
+seed's pipeline loads one point cloud per step; the label encoder reads the student's GT,
+already moved. Their outputs become the :class:`~bevkd.datasets.student_batch.Targets` the
+store path collates: the same field names, shapes, heatmap activation (the store's), box
+capacity, and ``present`` masks (label-encoder fields only on frames that keep their GT), so
+a recipe cannot tell the two paths apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bevkd.datasets.augment import draw_bev_aug
+from bevkd.datasets.dataset import FrameDataset
+from bevkd.datasets.frame import Batch, Sample, collate
+from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
+from bevkd.pipeline.config import Config, DataConfig
+from bevkd.pipeline.errors import BevkdError
+from bevkd.storage.fields import TEACHER_FIELDS, teacher_writing
+from bevkd.storage.schema import StoreContract
+
+# The data settings that decide what a teacher reads from a frame.
+POINT_SETTINGS = ("lidar_sweeps", "crop_points_to_camera")
+IMAGE_SETTINGS = ("cameras", "image_size")
+
+
+class OnlineTeacherError(BevkdError):
+    """The store's teachers cannot run online as asked (a checkpoint missing or not the one
+    that made the store)."""
+
+
+def teachers_for(fields: Iterable[str]) -> dict[str, list[str]]:
+    """Teacher -> the fields among ``fields`` it writes (in :data:`TEACHER_FIELDS` order)."""
+    out: dict[str, list[str]] = {}
+    for name in fields:
+        teacher = teacher_writing(name)
+        if teacher not in TEACHER_FIELDS:
+            raise OnlineTeacherError(f"store field {name!r} is written by no bevkd teacher")
+        out.setdefault(teacher, []).append(name)
+    return {t: out[t] for t in TEACHER_FIELDS if t in out}
+
+
+def load_online_teachers(
+    store: Any, names: Iterable[str], checkpoints: Mapping[str, str], device: torch.device
+) -> dict[str, tuple[nn.Module, Config]]:
+    """Each teacher of ``names`` from the checkpoint the store's provenance names (or
+    ``checkpoints[name]``), refused unless its sha256 is the one the store recorded."""
+    from bevkd.models.checkpoint import load_teacher
+    from bevkd.pipeline.provenance import sha256_file
+
+    made = store.provenance.get("teachers", {})
+    loaded = {}
+    for name in names:
+        if name not in made:
+            raise OnlineTeacherError(
+                f"store {store.url} was made by the teachers {sorted(made)}, not {name!r}: "
+                "an online run reads the teachers that made the store"
+            )
+        recorded, recorded_sha = made[name]["checkpoint"], made[name]["checkpoint_sha256"]
+        path = checkpoints.get(name) or recorded
+        if not Path(path).is_file():
+            raise OnlineTeacherError(
+                f"online teacher {name}: no checkpoint file {path} (the store {store.url} "
+                f"records {recorded}, sha256 {recorded_sha}); name where it is with "
+                f"--set 'student.teacher_checkpoints=[[{name}, PATH]]'"
+            )
+        sha = sha256_file(path)
+        if sha != recorded_sha:
+            raise OnlineTeacherError(
+                f"online teacher {name}: checkpoint {path} has sha256 {sha}, but the store "
+                f"{store.url} was made by {recorded} with sha256 {recorded_sha}; an online run "
+                "must run the teacher that made the store, or the two paths are not comparable"
+            )
+        model, teacher_cfg, _ = load_teacher(path, device)
+        loaded[name] = (model, teacher_cfg)
+    return loaded
+
+
+def reader_settings(store: Any, data: DataConfig) -> DataConfig:
+    """``data`` (the student's dataset root and splits) with the input settings the store's
+    teachers read frames with (its recorded cache config's ``data`` section)."""
+    import yaml
+
+    made = (yaml.safe_load(store.provenance.get("config") or "{}") or {}).get("data", {})
+    changes: dict[str, Any] = {}
+    for key in (*POINT_SETTINGS, *IMAGE_SETTINGS):
+        if key in made:
+            value = made[key]
+            changes[key] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(data, **changes)
+
+
+def _same(a: DataConfig, b: DataConfig, keys: Iterable[str]) -> bool:
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def own_views(teachers: Iterable[str], student: DataConfig, teacher_data: DataConfig) -> dict[str, tuple[str, ...]]:  # fmt: skip
+    """Teacher -> the cameras of the view of each frame it loads for itself. Absent: it reads
+    the student's batch (the label encoder always: GT boxes; the LiDAR teacher when the
+    student loads points as the store's teachers did). The fusion teacher always loads its
+    own view: its cameras at its image size, without the student's image augmentation."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name in teachers:
+        if name == "lidar" and not _same(student, teacher_data, POINT_SETTINGS):
+            out[name] = ()  # points only: no image is opened
+        elif name == "fusion":
+            out[name] = tuple(teacher_data.cameras)
+    return out
+
+
+class TeacherViews(torch.utils.data.Dataset):
+    """``(sample, views)``: the student's augmented sample and, per teacher that reads its own
+    input, the same frame as that teacher reads it, moved by the same ``bev_aug`` (no image
+    augmentation: the store's teachers saw none). Keys as :class:`FrameDataset`'s."""
+
+    def __init__(self, base: FrameDataset, teacher_data: DataConfig, cameras: Mapping[str, tuple[str, ...]]):  # fmt: skip
+        self.base = base
+        self.readers = {
+            name: FrameDataset(
+                base.frames,
+                teacher_data,
+                train=False,
+                with_depth=False,
+                cameras=cams,
+                first_number=base.first_number,
+            )
+            for name, cams in cameras.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: Any) -> tuple[Sample, dict[str, Sample]]:
+        epoch, index = key if isinstance(key, tuple) else (self.base.epoch, key)
+        rng = self.base.rng(index, epoch)
+        bev_aug = draw_bev_aug(self.base.data, rng)
+        sample = self.base.load(index, bev_aug, rng)
+        return sample, {name: r.load(index, bev_aug) for name, r in self.readers.items()}
+
+    def collate(self, items: list[tuple[Sample, dict[str, Sample]]]) -> StudentBatch:
+        batch = collate_student([(sample, {}) for sample, _ in items])
+        batch.teacher_inputs = {
+            name: collate([views[name] for _, views in items]) for name in self.readers
+        }
+        return batch
+
+
+class OnlineTeacher:
+    """Runs the teachers on a :class:`StudentBatch` and returns its :class:`Targets`, as the
+    store path would collate them. Not an ``nn.Module``: the teachers stay out of the
+    student's parameters, optimizer, DDP and checkpoints. They move to the batch's device on
+    first use."""
+
+    def __init__(self, teachers: Mapping[str, nn.Module], fields: Iterable[str], contract: StoreContract):  # fmt: skip
+        self.teachers = dict(teachers)
+        self.contract = contract
+        self.fields = teachers_for(fields)
+        self._device: torch.device | None = None
+
+    def _to(self, device: torch.device) -> None:
+        if self._device != device:
+            for model in self.teachers.values():
+                model.to(device).eval()
+            self._device = device
+
+    @torch.no_grad()
+    def __call__(self, batch: StudentBatch) -> Targets:
+        from bevkd.stages.teacher_runner import stored_heatmap
+
+        self._to(batch.images.device)
+        targets = Targets()
+        size = batch.size
+        for name, wanted in self.fields.items():
+            spec = TEACHER_FIELDS[name]
+            model = self.teachers[name]
+            source: Batch = batch.teacher_inputs.get(name, batch)
+            if model.training:
+                raise RuntimeError(f"online teacher {name} is in training mode")
+            rows = torch.nonzero(source.has_label).squeeze(1) if spec.labeled_only else None
+            if rows is not None and rows.numel() == 0:
+                self._absent(targets, wanted, size, batch.images.device)
+                continue
+            out = model(
+                _select(source, rows) if rows is not None else source, decode=spec.boxes in wanted
+            )
+            made: dict[str, torch.Tensor] = {}
+            for src, dst in spec.features.items():
+                if dst in wanted:
+                    made[dst] = out.features[src].float()
+            if spec.heatmap in wanted:
+                activation = self.contract.field(spec.heatmap).heatmap_activation or "logits"
+                made[spec.heatmap] = stored_heatmap(out.head.heatmap, activation)
+            if spec.regression in wanted:
+                made[spec.regression] = out.head.regression.float()
+            for dst, value in made.items():
+                full = value if rows is None else _scatter(value, rows, size)
+                targets.fields[dst] = full
+                targets.present[dst] = _present(rows, size, full.device)
+            if spec.boxes in wanted:
+                capacity = self.contract.field(spec.boxes).shape[0]
+                targets.boxes[spec.boxes] = [
+                    torch.cat([d.boxes.float(), d.scores.float()[:, None], d.labels.float()[:, None]], 1)[:capacity]
+                    for d in out.detections
+                ]  # fmt: skip
+                targets.present[spec.boxes] = _present(rows, size, batch.images.device)
+        return targets
+
+    def _absent(self, targets: Targets, wanted: list[str], size: int, device: torch.device) -> None:
+        """Fields of a labelled-only teacher on a batch without labels: zeros, not present."""
+        for name in wanted:
+            shape = self.contract.field(name).shape
+            targets.present[name] = torch.zeros(size, dtype=torch.bool, device=device)
+            if self.contract.field(name).kind == "boxes":
+                targets.boxes[name] = [torch.zeros((0, shape[1]), device=device)] * size
+            else:
+                targets.fields[name] = torch.zeros((size, *shape), device=device)
+
+
+def _present(rows: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    present = torch.zeros(size, dtype=torch.bool, device=device)
+    if rows is None:
+        present[:] = True
+    else:
+        present[rows.to(device)] = True
+    return present
+
+
+def _scatter(value: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    full = value.new_zeros((size, *value.shape[1:]))
+    full[rows] = value
+    return full
+
+
+def _select(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The samples ``rows`` of a collated batch (points re-numbered), for a labelled-only teacher."""
+    keep = rows.tolist()
+    points = batch.points
+    parts = []
+    for new, old in enumerate(keep):
+        chosen = points[points[:, 0] == old]
+        parts.append(torch.cat([torch.full_like(chosen[:, :1], float(new)), chosen[:, 1:]], 1))
+    index = rows.to(batch.images.device)
+    return dataclasses.replace(
+        batch,
+        tokens=[batch.tokens[i] for i in keep],
+        indices=batch.indices[index.to(batch.indices.device)],
+        has_label=batch.has_label[index.to(batch.has_label.device)],
+        images=batch.images[index],
+        cam2img=batch.cam2img[index],
+        cam2ego=batch.cam2ego[index],
+        img_aug=batch.img_aug[index],
+        bev_aug=batch.bev_aug[index],
+        points=torch.cat(parts) if parts else points[:0],
+        gt_boxes=[batch.gt_boxes[i] for i in keep],
+        gt_labels=[batch.gt_labels[i] for i in keep],
+        depth=batch.depth[index],
+    )
+
+
+def prepare(cfg: Config, store: Any, fields: Iterable[str], samples: FrameDataset,
+            device: torch.device) -> tuple[OnlineTeacher, Any]:  # fmt: skip
+    """The online teacher of ``cfg`` over ``store``'s teachers, and the training dataset that
+    feeds it (:class:`TeacherViews` when a teacher reads its own view of the frames)."""
+    wanted = teachers_for(fields)
+    loaded = load_online_teachers(store, wanted, dict(cfg.student.teacher_checkpoints), device)
+    teacher_data = reader_settings(store, cfg.data)
+    online = OnlineTeacher({n: m for n, (m, _) in loaded.items()}, fields, store.contract)
+    return online, TeacherViews(samples, teacher_data, own_views(wanted, cfg.data, teacher_data))
+
+
+def describe(online: OnlineTeacher, views: TeacherViews) -> str:
+    """One line: which teachers run online and what each reads."""
+    parts = []
+    for name in online.fields:
+        if name in views.readers:
+            reader = views.readers[name]
+            what = (
+                f"its own view ({reader.data.lidar_sweeps} sweeps, {len(reader.cameras)} cameras)"
+            )
+        else:
+            what = "the student's batch"
+        parts.append(f"{name} on {what}")
+    return "teachers online: " + "; ".join(parts)
