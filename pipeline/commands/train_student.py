@@ -18,8 +18,17 @@ from bevkd.pipeline.options import config_options, resolve
               "taken from this config).")  # fmt: skip
 @click.option("--cache-config", default="configs/demo/cache.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="The stage-one config --build-missing runs.")  # fmt: skip
+@click.option("--targets", type=click.Choice(["cached", "online"]), default=None,
+              help="Where the teacher targets come from (train.targets): 'cached' reads them from "
+              "student.store; 'online' runs the teachers that made the store inside every step, "
+              "their checkpoints checked against the store's sha256 (to check a new store "
+              "against its teachers, or to measure what the store saves).")  # fmt: skip
 def command(
-    config_path: str | None, overrides: tuple[str, ...], build_missing: bool, cache_config: str
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    build_missing: bool,
+    cache_config: str,
+    targets: str | None,
 ) -> None:
     """Train a camera BEV student (model.kind camera, or camera_sim: SimDistill's simulated
     multi-modal student) with the recipe student.recipe names (baseline | cmkd | labeldistill |
@@ -31,7 +40,9 @@ def command(
     Start-up checks the store against the recipe (grid, classes, the fields it reads and
     their shapes) and leaves out frames the teacher skipped. student.unlabeled=true adds the
     unlabeled frames, which meet the teacher terms only. No teacher runs: every target comes
-    from the store.
+    from the store. With --targets online (train.targets=online) the teachers that made the
+    store run inside every step instead, as the seed methods run them: the same recipe, the
+    same frames, the reference the store is measured against.
 
     Writes into train.out_dir: config.yaml + config.sha256, last.pt (resumable: rerun the
     same command after a crash), best.pt (the best validation by train.best_metric),
@@ -43,6 +54,8 @@ def command(
       bevkd train-student --config configs/demo/student_cmkd.yaml
       bevkd train-student --config configs/demo/student_simdistill.yaml --build-missing
       bevkd train-student --config configs/demo/student_pseudo_label.yaml   # 25% of the labels
+      bevkd train-student --config configs/demo/student_cmkd.yaml --targets online \\
+          --set train.out_dir=work/demo/student_cmkd_online
       bevkd train-student --config configs/demo/student_cmkd.yaml \\
           --set student.unlabeled=true --set train.out_dir=work/demo/student_cmkd_unlab
       torchrun --nproc_per_node 8 -m bevkd.pipeline.cli train-student --config F
@@ -50,7 +63,7 @@ def command(
     from bevkd.pipeline.commands.train_teacher import print_metrics
     from bevkd.stages.train_student import run
 
-    cfg = resolve(config_path, overrides)
+    cfg = resolve(config_path, (*overrides, *([f"train.targets={targets}"] if targets else [])))
     if build_missing:
         _build_store(cfg, cache_config)
     result = run(cfg)

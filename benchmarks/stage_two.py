@@ -1,0 +1,310 @@
+"""Stage two, cached vs online: the same student, recipe and batch size, its teacher targets read
+from the store or computed by the teachers inside every step (``train.targets=online``).
+
+    .venv/bin/python benchmarks/stage_two.py [--cases cmkd simdistill cmkd-centerpoint]
+                                             [--rounds 3] [--steps 6] [--warmup 2] [--fresh]
+
+Cases:
+
+- ``cmkd``: the demo CMKD student against the demo LiDAR teacher (0.2 m voxels, 1 sweep).
+- ``simdistill``: the demo SimDistill student against the demo fusion teacher (which loads its
+  own six camera images and points every step).
+- ``cmkd-centerpoint``: the same CMKD student against a LiDAR teacher of CenterPoint's size in
+  voxels: 0.1 m x 0.1 m x 0.2 m voxels, 10 sweeps (about 300k points and 90k voxels a frame
+  on the demo world, nuScenes-like), SECOND channels 16-32-64-128, two SubMConv3d layers a
+  stage, down to the same 0.8 m BEV grid. Its weights are seeded random (a forward costs the
+  same trained or not); its store (the demo's train frames) is cached here on first use.
+
+Each (case, path, round) runs in its own process, so peak memory is that process's alone:
+on CUDA ``torch.cuda.max_memory_allocated`` over the run, on CPU the process's peak resident
+set (Linux VmHWM) at the end, teachers, store reader and all (DataLoader workers are separate
+processes and not counted; the online path's extra loading happens in them). A step is what
+:func:`bevkd.stages.loop.fit` does: the next batch from a DataLoader with the config's
+workers (the wait for it), the forward with the recipe's loss (online: the teachers first),
+backward, clipping, the optimizer step; median (min-max) over ``--steps`` after
+``--warmup``. Paths alternate within each round (the order flipping every round) so drift on a
+shared machine hits both alike. Results are kept in ``work/bench/stage_two/runs.json``: a
+rerun measures only what is missing (``--fresh`` starts over). Prints per case the two step
+times, samples/s, peak memory, the ratios against the goals (cached >= 1.5x faster, <= 0.6x
+the peak memory of online) and the teachers' share of the online step; writes the same table
+into ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+OUT = Path("work/bench/stage_two")
+CP = OUT / "centerpoint"
+# A CenterPoint-sized voxel teacher on the demo's 0.8 m BEV grid (0.1 m x 8).
+CENTERPOINT_GRID = ["grid.voxel_size=[0.1, 0.1, 0.2]", "grid.bev_stride=8"]
+CENTERPOINT_TEACHER = [
+    *CENTERPOINT_GRID,
+    "data.lidar_sweeps=10",
+    "model.kind=lidar",
+    "model.sparse_channels=[16, 32, 64, 128, 128]",
+    "model.sparse_layers=2",
+    "model.max_voxels=240000",
+]
+CASES: dict[str, dict[str, Any]] = {
+    "cmkd": {
+        "config": "configs/demo/student_cmkd.yaml",
+        "set": [],
+        "teacher": "demo LiDAR teacher (0.2 m voxels, 1 sweep)",
+    },
+    "simdistill": {
+        "config": "configs/demo/student_simdistill.yaml",
+        "set": [],
+        "teacher": "demo fusion teacher (6 cameras + LiDAR)",
+    },
+    "cmkd-centerpoint": {
+        "config": "configs/demo/student_cmkd.yaml",
+        "set": [*CENTERPOINT_GRID, f"student.store={CP / 'store.zarr'}"],
+        "teacher": "CenterPoint-sized LiDAR teacher (0.1 m voxels, 10 sweeps)",
+    },
+}
+
+
+# ------------------------------------------------------------------------------------------
+# One measured run (a child process)
+# ------------------------------------------------------------------------------------------
+
+
+def vm_kib(key: str) -> int:
+    found = re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    return int(found.group(1)) if found else 0
+
+
+def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:
+    """Build the case's objective and loader as ``train-student`` does, with ``train.targets``
+    set to ``path``, and time ``warmup + steps`` steps."""
+    from student_step import PeakMemory, batch_keys, time_steps
+
+    from bevkd.datasets.cached import worker_context
+    from bevkd.pipeline.config import load_config
+    from bevkd.pipeline.distributed import setup_distributed
+    from bevkd.stages import online_teacher
+    from bevkd.stages.train_student import build
+
+    spec = CASES[case]
+    cfg = load_config(spec["config"], [*spec["set"], f"train.targets={path}",
+                                       f"train.out_dir={OUT / 'scratch'}"])  # fmt: skip
+    if threads or cfg.train.torch_threads:
+        torch.set_num_threads(threads or cfg.train.torch_threads)
+    info = setup_distributed(prefer_cuda=True)
+    device = info.device
+    objective, dataset = build(cfg, info)
+    objective.to(device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and device.type == "cuda")
+    keys = batch_keys(len(dataset), cfg.train.batch_size, cfg.train.seed, warmup + steps)
+
+    teacher_seconds: list[float] = []
+    if objective.online is not None:  # time the teachers inside the step
+        run_teachers = objective.online
+
+        def timed(batch: Any) -> Any:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            targets = run_teachers(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            teacher_seconds.append(time.perf_counter() - start)
+            return targets
+
+        objective.online = timed
+    workers = {"num_workers": cfg.train.num_workers, **worker_context(cfg.student.store)}
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=dataset.collate,
+                                         pin_memory=device.type == "cuda", **workers)  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, _ = time_steps(objective, optimizer, scaler, iter(loader), cfg, device, warmup, steps,
+                          PeakMemory(device))  # fmt: skip
+    step = [w + f + b for w, f, b in zip(times["wait"], times["forward"], times["backward"], strict=True)]  # fmt: skip
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else vm_kib("VmHWM") / 1024
+    )
+    teachers = ""
+    if objective.online is not None and isinstance(dataset, online_teacher.TeacherViews):
+        teachers = online_teacher.describe(run_teachers, dataset)  # type: ignore[possibly-undefined]
+    return {
+        "case": case, "path": path, "device": str(device), "threads": torch.get_num_threads(),
+        "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers,
+        "step": step, "wait": times["wait"], "teacher": teacher_seconds[warmup:],
+        "peak_mib": peak, "memory": "CUDA max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)",
+        "teachers": teachers,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# The CenterPoint-sized teacher and its store
+# ------------------------------------------------------------------------------------------
+
+
+def centerpoint_store() -> None:
+    """A seeded random CenterPoint-sized LiDAR teacher and its store of the demo's train frames
+    (made once; the cache resumes if interrupted)."""
+    from bevkd.models.builders import build_teacher
+    from bevkd.models.checkpoint import save_checkpoint
+    from bevkd.pipeline.config import load_config
+    from bevkd.stages import cache_teacher
+
+    checkpoint = CP / "teacher_lidar.pt"
+    if not checkpoint.is_file():
+        cfg = load_config("configs/demo/lidar_teacher.yaml",
+                          [*CENTERPOINT_TEACHER, f"train.out_dir={CP}"])  # fmt: skip
+        torch.manual_seed(0)
+        CP.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(checkpoint, build_teacher(cfg), cfg)
+    cache = load_config("configs/demo/cache.yaml", [
+        *CENTERPOINT_GRID, "data.lidar_sweeps=10", "cache.teachers=[lidar]",
+        f"cache.lidar_checkpoint={checkpoint}", "cache.lidar_bev_scales=[1]",
+        "cache.splits=[train]", f"store.url={CP / 'store.zarr'}", "cache.n_workers=0",
+    ])  # fmt: skip
+    cache_teacher.run(cache)
+
+
+# ------------------------------------------------------------------------------------------
+# The driver
+# ------------------------------------------------------------------------------------------
+
+
+def median_range(values: list[float], scale: float = 1000.0) -> str:
+    v = [scale * x for x in values]
+    return f"{statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})"
+
+
+def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
+    lines = [
+        "| case (teacher) | path | step ms, median (min-max) | samples/s | data wait | teachers ms/step | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for case in cases:
+        got = {p: [runs[f"{case}/{p}/{r}"] for r in range(rounds) if f"{case}/{p}/{r}" in runs]
+               for p in ("cached", "online")}  # fmt: skip
+        if not got["cached"] or not got["online"]:
+            continue
+        stats = {}
+        for path, items in got.items():
+            steps = [s for item in items for s in item["step"]]
+            waits = [w for item in items for w in item["wait"]]
+            teacher = [t for item in items for t in item["teacher"]]
+            peak = max(item["peak_mib"] for item in items)
+            batch = items[0]["batch_size"]
+            median = statistics.median(steps)
+            stats[path] = {
+                "median": median,
+                "peak": peak,
+                "teacher": statistics.median(teacher) if teacher else 0.0,
+            }
+            lines.append(
+                f"| {case} ({CASES[case]['teacher']}) | {path} | {median_range(steps)} | "
+                f"{batch / median:.2f} | {100 * sum(waits) / sum(steps):.0f}% | "
+                f"{median_range(teacher) if teacher else '-'} | {peak:.0f} |"
+            )  # fmt: skip
+        # per-round ratios: each round ran both paths back to back
+        speed = [statistics.median(o["step"]) / statistics.median(c["step"])
+                 for c, o in zip(got["cached"], got["online"], strict=False)]  # fmt: skip
+        memory = [c["peak_mib"] / o["peak_mib"] for c, o in zip(got["cached"], got["online"], strict=False)]  # fmt: skip
+        share = stats["online"]["teacher"] / stats["online"]["median"]
+        s, m = statistics.median(speed), statistics.median(memory)
+        summary.append(
+            f"- **{case}**: cached is **{s:.2f}x** faster a step (per round "
+            f"{', '.join(f'{x:.2f}' for x in speed)}; goal >= 1.5x: {'met' if s >= 1.5 else 'not met'}) "
+            f"and uses **{m:.2f}x** the peak memory of online ({', '.join(f'{x:.2f}' for x in memory)}; "
+            f"goal <= 0.6x: {'met' if m <= 0.6 else 'not met'}); the teachers are "
+            f"{100 * share:.0f}% of the online step."
+        )
+    return lines + [""] + summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: the config's")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier runs")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("CASE", "PATH", "ROUND"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.worker:
+        case, path, _ = args.worker
+        print(json.dumps(measure(case, path, args.steps, args.warmup, args.threads)))
+        return
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    saved = OUT / "runs.json"
+    runs: dict[str, Any] = (
+        {} if args.fresh or not saved.is_file() else json.loads(saved.read_text())
+    )
+    if not args.report_only:
+        if "cmkd-centerpoint" in args.cases:
+            centerpoint_store()
+        for r in range(args.rounds):
+            order = ("cached", "online") if r % 2 == 0 else ("online", "cached")
+            for case in args.cases:
+                for path in order:
+                    key = f"{case}/{path}/{r}"
+                    if key in runs:
+                        continue
+                    started = time.perf_counter()
+                    done = subprocess.run(
+                        [sys.executable, __file__, "--worker", case, path, str(r), "--steps",
+                         str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)],
+                        capture_output=True, text=True,
+                    )  # fmt: skip
+                    if done.returncode != 0:
+                        sys.exit(f"{key} failed:\n{done.stderr[-3000:]}")
+                    runs[key] = json.loads(done.stdout.strip().splitlines()[-1])
+                    saved.write_text(json.dumps(runs, indent=1))
+                    item = runs[key]
+                    print(f"{key}: step {median_range(item['step'])} ms, peak {item['peak_mib']:.0f} MiB "
+                          f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+    first = next(iter(runs.values()), None)
+    if first is None:
+        sys.exit("no runs yet")
+    header = (
+        f"Device {first['device']}, torch threads {first['threads']}, DataLoader workers per the "
+        f"configs ({first['workers']}), {args.steps} measured steps after {args.warmup} in each of "
+        f"{args.rounds} rounds per path; memory: {first['memory']} of each run's own process."
+    )
+    lines = report(runs, args.cases, args.rounds)
+    print(header)
+    print("\n".join(lines))
+    from few_labels import write_block
+
+    text = "\n".join(
+        [
+            "## Cached vs online teacher (generated by benchmarks/stage_two.py)",
+            "",
+            header,
+            "",
+            *lines,
+        ]
+    )
+    write_block(Path("docs/results.md"), "stage-two", text)
+
+
+if __name__ == "__main__":
+    main()
