@@ -232,7 +232,7 @@ def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
             f"goal <= 0.6x: {'met' if m <= 0.6 else 'not met'}); the teachers are "
             f"{100 * share:.0f}% of the online step."
         )
-    return lines + [""] + summary
+    return [*lines, "", *summary]
 
 
 def main() -> None:
