@@ -27,7 +27,9 @@ shared machine hits both alike. Results are kept in ``work/bench/stage_two/runs.
 rerun measures only what is missing (``--fresh`` starts over). Prints per case the two step
 times, samples/s, peak memory, the ratios against the goals (cached >= 1.5x faster, <= 0.6x
 the peak memory of online) and the teachers' share of the online step; writes the same table
-into ``docs/results.md``.
+into ``docs/results.md``. Then, with the trained demo teachers, how far the two paths' targets are
+apart on the same frames (:func:`agreement`): with no augmentation, the codec's error; with the
+configs' augmentation, also the teacher's own lack of equivariance.
 """
 
 from __future__ import annotations
@@ -153,6 +155,69 @@ def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict
 
 
 # ------------------------------------------------------------------------------------------
+# How far apart the two paths' targets are with a learned teacher
+# ------------------------------------------------------------------------------------------
+
+
+def agreement(case: str, frames: int, seed: int = 0) -> dict[str, Any]:
+    """The cached targets (warped by each sample's ``bev_aug``) against the online teacher's on
+    the moved input, for ``frames`` training frames, with the config's augmentation and with
+    none: per field the relative RMS difference ``|a - b| / |b|`` and the codec's own
+    (the store's recorded ``rel_rms``); for boxes, the share of online boxes scoring >= 0.3
+    with a cached box of the same class within 0.5 m."""
+    from bevkd.datasets.cached import CachedTargets
+    from bevkd.datasets.dataset import FrameDataset
+    from bevkd.distill.recipes import build_recipe
+    from bevkd.pipeline.config import load_config
+    from bevkd.stages import online_teacher
+    from bevkd.stages.train_student import open_for, training_frames
+    from bevkd.storage.fields import TEACHER_FIELDS
+
+    spec = CASES[case]
+    cfg = load_config(spec["config"], spec["set"])
+    recipe = build_recipe(cfg)
+    store = open_for(cfg, recipe)
+    teachers = online_teacher.teachers_for(recipe.expects)
+    boxes = [TEACHER_FIELDS[t].boxes for t in teachers if TEACHER_FIELDS[t].boxes]
+    fields = [*recipe.expects, *boxes]
+    chosen = training_frames(cfg, store, lambda _: None)[:frames]
+    out: dict[str, Any] = {}
+    for label, train in (("augmented", True), ("no augmentation", False)):
+        samples = FrameDataset(chosen, cfg.data, train=train, seed=seed)
+        cached = CachedTargets(samples, cfg.student.store, fields=fields)
+        online, views = online_teacher.prepare(cfg, store, fields, samples, torch.device("cpu"))
+        sums: dict[str, list[float]] = {}
+        matched = total = 0
+        for start in range(0, len(samples), 4):
+            keys = list(range(start, min(start + 4, len(samples))))
+            a = cached.collate([cached[k] for k in keys])
+            b = views.collate([views[k] for k in keys])
+            b.targets = online(b)
+            for name, value in a.targets.fields.items():
+                got = b.targets.fields[name]
+                both = a.targets.present[name] & b.targets.present[name]
+                if bool(both.any()):
+                    d = (value[both] - got[both]).double()
+                    acc = sums.setdefault(name, [0.0, 0.0])
+                    acc[0] += float((d * d).sum())
+                    acc[1] += float((got[both].double() ** 2).sum())
+            for name in a.targets.boxes:
+                for x, y in zip(a.targets.boxes[name], b.targets.boxes[name], strict=True):
+                    y = y[y[:, 9] >= 0.3]
+                    total += len(y)
+                    if len(y) and len(x):
+                        d = torch.cdist(y[:, :2], x[:, :2]) + 1e3 * (y[:, 10:11] != x[None, :, 10])
+                        matched += int((d.min(1).values < 0.5).sum())
+        codec = store.attrs.get("codec_error", {})
+        out[label] = {
+            "fields": {n: (v[0] / max(v[1], 1e-30)) ** 0.5 for n, v in sums.items()},
+            "codec": {n: codec.get(n, {}).get("rel_rms") for n in sums},
+            "boxes": (matched, total),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------
 # The CenterPoint-sized teacher and its store
 # ------------------------------------------------------------------------------------------
 
@@ -235,6 +300,36 @@ def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
     return [*lines, "", *summary]
 
 
+def agreement_lines(agree: dict[str, Any], frames: int) -> list[str]:
+    if not agree:
+        return []
+    lines = [
+        "",
+        f"Cached (warped) against online targets with the trained demo teachers, {frames} "
+        "training frames: relative RMS difference per field (the codec's own rel. RMS error in "
+        "brackets), and the online boxes scoring >= 0.3 that have a cached box of their class "
+        "within 0.5 m. With no augmentation the two differ by the codec alone; with the "
+        "configs' augmentation (flips, +-22.5 deg, scale 0.95-1.05) they differ by the "
+        "teacher's own lack of equivariance as well.",
+        "",
+        "| case | input | "
+        + " | ".join(["fields: rel. RMS difference (codec)", "boxes matched"])
+        + " |",
+        "|---|---|---|---|",
+    ]
+    for case, by in agree.items():
+        for label, item in by.items():
+            fields = ", ".join(
+                f"{n} {v:.3f} ({item['codec'][n]:.3f})"
+                if item["codec"].get(n) is not None
+                else f"{n} {v:.3f}"
+                for n, v in item["fields"].items()
+            )
+            m, t = item["boxes"]
+            lines.append(f"| {case} | {label} | {fields} | {m}/{t} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
@@ -243,6 +338,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: the config's")
     parser.add_argument("--fresh", action="store_true", help="forget earlier runs")
+    parser.add_argument("--agreement-frames", type=int, default=16,
+                        help="training frames whose cached and online targets are compared")  # fmt: skip
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
         "--worker", nargs=3, metavar=("CASE", "PATH", "ROUND"), help=argparse.SUPPRESS
@@ -281,6 +378,13 @@ def main() -> None:
                     item = runs[key]
                     print(f"{key}: step {median_range(item['step'])} ms, peak {item['peak_mib']:.0f} MiB "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+    agree_file = OUT / "agreement.json"
+    agree = {} if args.fresh or not agree_file.is_file() else json.loads(agree_file.read_text())
+    if not args.report_only:
+        for case in args.cases:
+            if case != "cmkd-centerpoint" and case not in agree:  # a random teacher says nothing
+                agree[case] = agreement(case, args.agreement_frames)
+                agree_file.write_text(json.dumps(agree, indent=1))
     first = next(iter(runs.values()), None)
     if first is None:
         sys.exit("no runs yet")
@@ -289,7 +393,7 @@ def main() -> None:
         f"configs ({first['workers']}), {args.steps} measured steps after {args.warmup} in each of "
         f"{args.rounds} rounds per path; memory: {first['memory']} of each run's own process."
     )
-    lines = report(runs, args.cases, args.rounds)
+    lines = report(runs, args.cases, args.rounds) + agreement_lines(agree, args.agreement_frames)
     print(header)
     print("\n".join(lines))
     from few_labels import write_block
