@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from bevkd.datasets.kitti_calib import (
     read_object_calib,
 )
 from bevkd.datasets.kitti_labels import BEVKD_TO_KITTI, KITTI_TO_BEVKD, KittiObject, read_label
-from bevkd.datasets.kitti_lists import SplitEntry, read_split_list, split_list_path
+from bevkd.datasets.kitti_lists import SplitEntry, announce_list, read_split_list, split_list_path
 from bevkd.pipeline.config import Config
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import NUSCENES_CLASSES, points_in_boxes
@@ -163,6 +164,8 @@ def raw_frame(raw_root: str, entry: SplitEntry, split: str, where: str) -> Frame
     size = _drive_image_size(drive, image)
     stamp = _drive_timestamps(os.path.join(drive, "image_02", "timestamps.txt"))
     index = int(entry.frame)
+    if index >= len(stamp):
+        _no_timestamp(drive, bool(stamp))
     timestamp = stamp[index] if index < len(stamp) else 0
     return Frame(
         token=entry.token,
@@ -184,6 +187,15 @@ def _raw_calib(raw_root: str, date: str) -> tuple[KittiCalib, np.ndarray]:
     """A recording date's calibration and its CAM2 pose, read once per date."""
     calib = find_raw_calib(raw_root, date)
     return calib, calib.cam2ego(2)
+
+
+@cache
+def _no_timestamp(drive: str, short: bool) -> None:
+    """Say once per drive (on stderr) that its raw frames get timestamp 0."""
+    why = "has fewer lines than its frames" if short else "is missing"
+    print(f"[kitti] {drive}/image_02/timestamps.txt {why}: those raw frames get timestamp 0 "
+          "(only their order within the drive is lost; nothing in bevkd reads raw timestamps)",
+          file=sys.stderr)  # fmt: skip
 
 
 @lru_cache(maxsize=64)
@@ -224,6 +236,7 @@ def load_kitti_frames(
     """
     roots = kitti_roots(root, raw_root)
     list_path = split_list_path(split, roots.object_root)
+    announce_list(split, list_path)
     subset = subset or ("testing" if list_path.stem == "test" else "training")
     if subset not in ("training", "testing"):
         raise DataError(f"KITTI object subset must be 'training' or 'testing', got '{subset}'")

@@ -14,7 +14,9 @@ README).
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from bevkd.pipeline.errors import DataError
@@ -44,7 +46,9 @@ class SplitEntry:
 
 def split_list_path(split: str, object_root: str | Path | None = None) -> Path:
     """The list file of ``split``: a path to an existing file is used as is; a name is looked
-    up as ``<object_root>/ImageSets/<name>.txt``, then among the lists bundled with bevkd."""
+    up as ``<object_root>/ImageSets/<name>.txt``, then beside the object folder
+    (``<root>/ImageSets/`` when the object root is ``<root>/object``, as OpenPCDet keeps them),
+    then among the lists bundled with bevkd."""
     as_path = Path(split)
     if as_path.suffix == ".txt" or "/" in split:
         if as_path.is_file():
@@ -53,6 +57,8 @@ def split_list_path(split: str, object_root: str | Path | None = None) -> Path:
     candidates = []
     if object_root is not None:
         candidates.append(Path(object_root) / "ImageSets" / f"{split}.txt")
+        if Path(object_root).name == "object":
+            candidates.append(Path(object_root).parent / "ImageSets" / f"{split}.txt")
     candidates.append(BUNDLED_SPLITS / f"{split}.txt")
     for path in candidates:
         if path.is_file():
@@ -63,6 +69,19 @@ def split_list_path(split: str, object_root: str | Path | None = None) -> Path:
         f"no list for KITTI split '{split}' (tried {tried}); use one of {names} or a path "
         f"to a list file"
     )
+
+
+@cache
+def announce_list(split: str, path: Path) -> None:
+    """Say once per process which file a split name resolved to (a user's own list, or the
+    bundled one), on stderr."""
+    bundled = path.parent == BUNDLED_SPLITS
+    where = (
+        "bevkd's bundled list; an ImageSets/<name>.txt in the object root or beside it replaces it"
+        if bundled
+        else "your list"
+    )
+    print(f"[kitti] split '{split}': {path} ({where})", file=sys.stderr)
 
 
 def parse_split_line(text: str, where: str, line: int) -> SplitEntry:

@@ -391,6 +391,12 @@ class EvalConfig:
     render_curves: bool = False
     # nuScenes eval radius in metres; 0 = the devkit's per-class ranges capped at the BEV grid
     class_range: float = 0.0
+    # KITTI AP|R40: "exact" (the definition, at every score threshold) or "devkit" (the
+    # official devkit's 41 sampled thresholds, bit for bit: compare with published tables)
+    kitti_sampling: str = "exact"
+
+    def __post_init__(self) -> None:
+        _choice("eval.kitti_sampling", self.kitti_sampling, ("exact", "devkit"))
 
 
 @dataclass(frozen=True)

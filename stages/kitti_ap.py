@@ -231,7 +231,7 @@ def run(
     label_dir: str | Path | None = None,
     split: str | None = None,
     image_scale: float | None = None,
-    sampling: str = "exact",
+    sampling: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate KITTI-format detection files ``<results_dir>/<id>.txt`` (with scores) against
@@ -239,7 +239,8 @@ def run(
     ``cfg.eval.eval_set``); raw-frame lines of a mixed list are skipped (they have no labels).
 
     ``label_dir`` defaults to ``<object root>/training/label_2``. Classes are ``cfg.classes``
-    mapped to KITTI types. ``image_scale`` defaults to ``cfg.data.kitti_pixel_scale``. Writes ``kitti_ap.json``, ``kitti_ap.txt`` and the resolved config
+    mapped to KITTI types. ``image_scale`` defaults to ``cfg.data.kitti_pixel_scale``,
+    ``sampling`` to ``cfg.eval.kitti_sampling``. Writes ``kitti_ap.json``, ``kitti_ap.txt`` and the resolved config
     into ``out_dir``; returns the result of :func:`evaluate_kitti`, with ``extra`` merged in.
     """
     from bevkd.datasets.kitti import kitti_roots
@@ -262,7 +263,9 @@ def run(
     gt = read_frames(labels, ids, need_score=False)
     dt = read_frames(Path(results_dir), ids, need_score=True)
     scale = cfg.data.kitti_pixel_scale if image_scale is None else image_scale
-    result = evaluate_kitti(gt, dt, classes, image_scale=scale, sampling=sampling)
+    result = evaluate_kitti(
+        gt, dt, classes, image_scale=scale, sampling=sampling or cfg.eval.kitti_sampling
+    )
     result["split_list"] = str(list_path)
     result.update(extra or {})
     out = Path(out_dir)

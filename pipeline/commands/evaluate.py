@@ -62,6 +62,10 @@ from bevkd.pipeline.options import config_options, resolve
     help="Dataset format (default: data.format).",
 )
 @click.option("--render-curves", is_flag=True, help="Also draw the devkit's PR/TP curves (slow).")
+@click.option("--kitti-sampling", type=click.Choice(["exact", "devkit"]), default=None,
+              help="KITTI AP|R40 (eval.kitti_sampling): 'exact' evaluates the definition at every "
+              "score threshold (default); 'devkit' samples 41 thresholds as the official devkit "
+              "and OpenPCDet do, bit for bit: use it to compare with published tables.")  # fmt: skip
 def command(
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -75,6 +79,7 @@ def command(
     fmt: str | None,
     render_curves: bool,
     draw: int,
+    kitti_sampling: str | None,
 ) -> None:
     """Evaluate detections against the dataset's GT and write metrics.json + summary.md.
 
@@ -92,7 +97,10 @@ def command(
       bevkd evaluate --data work/demo/data --results results_nusc.json
       bevkd evaluate --store work/demo/teacher.zarr --set eval.eval_set=train
       bevkd evaluate --store work/demo/teacher.zarr --score-threshold 0.1,0.3,0.5
+      bevkd evaluate --checkpoint work/demo/kitti/student_cmkd/best.pt --kitti-sampling devkit
     """
+    if kitti_sampling:
+        overrides = (*overrides, f"eval.kitti_sampling={kitti_sampling}")
     if sum(x is not None for x in (results_path, checkpoint, store_url)) != 1:
         raise click.UsageError("give exactly one of --results, --checkpoint and --store")
     if store_url is None and (score_thresholds or boxes_field != "boxes"):
