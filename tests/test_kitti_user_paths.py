@@ -52,7 +52,9 @@ def test_the_bundled_list_is_named_as_such(root: Path, capsys: pytest.CaptureFix
 
 def test_a_drive_without_timestamps_says_so_once(root: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     lines = [write_raw_frame(root / "raw", "2011_09_26", 7, i) for i in (0, 1, 2)]
-    stamps = root / "raw" / "2011_09_26" / "2011_09_26_drive_0007_sync" / "image_02" / "timestamps.txt"
+    stamps = (
+        root / "raw" / "2011_09_26" / "2011_09_26_drive_0007_sync" / "image_02" / "timestamps.txt"
+    )
     (root / "object" / "ImageSets").mkdir()
     (root / "object" / "ImageSets" / "raw.txt").write_text("\n".join(lines) + "\n")
     with_stamps = load_kitti_frames(root, "raw")
