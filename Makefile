@@ -11,9 +11,10 @@ CONFIG ?=
 DATA ?= work/demo/data
 OUT ?= work/demo
 SET ?=
+ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +50,12 @@ cache-teacher: setup  ## run the teachers once and write the store (demo: work/d
 
 train-student: setup  ## train a camera student (default: demo CMKD + unlabeled frames; builds a missing demo store)
 	$(BEVKD) train-student --config $(or $(CONFIG),configs/demo/student_cmkd_unlabeled.yaml) --build-missing $(SET)
+
+kitti-results: setup  ## KITTI monocular CMKD: train vs train + Eigen-clean vs the GT baseline (docs/kitti.md)
+	$(BIN)/python benchmarks/kitti_results.py $(ARGS)
+
+stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/results.md)
+	$(BIN)/python benchmarks/stage_two.py $(ARGS)
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)

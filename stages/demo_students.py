@@ -72,11 +72,17 @@ def train_arm(
     if code != 0 or (metrics := arm_metrics(folder)) is None:
         tail = (folder / "train.out").read_text()[-2000:]
         raise BevkdError(f"student '{arm.name}' failed (exit {code}); the end of its log:\n{tail}")
-    click.echo(
-        f"[students] {arm.name}: {time.perf_counter() - started:.0f} s, "
-        f"mAP {metrics['mAP']:.3f}, NDS {metrics['NDS']:.3f}, car AP {metrics['class_ap']['car']:.3f}"
-    )
+    click.echo(f"[students] {arm.name}: {time.perf_counter() - started:.0f} s, {headline(metrics)}")
     return metrics
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One line of an evaluation: nuScenes mAP, NDS and car AP, or KITTI Car AP|R40 Moderate."""
+    if "mAP" in metrics:
+        car = metrics["class_ap"].get("car")
+        return f"mAP {metrics['mAP']:.3f}, NDS {metrics['NDS']:.3f}, car AP {car:.3f}"
+    car = metrics["ap"]["Car"]
+    return f"Car AP|R40 moderate: 3D {car['3d']['moderate']:.2f}, BEV {car['bev']['moderate']:.2f}"
 
 
 def train_students(out: Path, store: str, data_root: str, parallel: int = 3,

@@ -216,3 +216,20 @@ def test_a_semi_supervised_cmkd_run_leaves_checkpoints_logs_and_metrics(
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0
     assert result.metrics["mAP"] == metrics["mAP"]
+
+
+def test_unlabelled_frames_in_both_the_train_and_unlabeled_lists_train_once(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KITTI's kitti_train_and_eigen_clean list already holds the eigen_clean raw frames: with
+    student.unlabeled they are named once, not twice."""
+    import dataclasses
+
+    cfg = small_config(world["root"])
+    train = load_frames(cfg, "train")
+    raw = [dataclasses.replace(f, token=f"raw{i}", has_label=False) for i, f in enumerate(train[:3])]
+    lists = {"train": train + raw, "unlabeled": raw}
+    monkeypatch.setattr(train_student, "load_frames", lambda _cfg, role: lists[role])
+    semi = _student(world, world["base"] / "dedupe", "student.unlabeled=true")
+    frames = train_student.training_frames(semi, None, lambda _: None)
+    assert [f.token for f in frames] == [f.token for f in train + raw]
