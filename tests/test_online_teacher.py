@@ -294,26 +294,17 @@ RIGHT_ANGLES = {
 def test_flips_and_right_angles_match_within_the_codec_error(
     oracle: dict[str, Any], name: str
 ) -> None:
-    aug = RIGHT_ANGLES[name]
-    a, b = _paths(oracle, aug)
+    a, b = _paths(oracle, RIGHT_ANGLES[name])
     error = oracle["store"].attrs["codec_error"]
     for field in ("lidar_bev", "lidar_bev_s2", "heatmap"):
         diff = float((a.targets.fields[field] - b.targets.fields[field]).abs().max())
         assert diff <= error[field]["max_abs"] + FLOAT, (name, field, diff, error[field]["max_abs"])
-    for i in range(len(b.tokens)):  # box regression where a box is (see OracleTeacher.region)
+    regression = (a.targets.fields["box_regression"] - b.targets.fields["box_regression"]).abs()
+    for i in range(len(b.tokens)):  # where a box is (see OracleTeacher.region)
         where = oracle["teacher"].region(b.gt_boxes[i])
-        diff = float(
-            (a.targets.fields["box_regression"][i] - b.targets.fields["box_regression"][i])[
-                :, where
-            ]
-            .abs()
-            .max()
-        )
-        assert int(where.sum()) > 0 and diff <= error["box_regression"]["max_abs"] + FLOAT, (
-            name,
-            i,
-            diff,
-        )
+        diff = float(regression[i][:, where].max())
+        assert int(where.sum()) > 0, i
+        assert diff <= error["box_regression"]["max_abs"] + FLOAT, (name, i, diff)
     matched = sum(
         _match_boxes(x, y, oracle["grid"], score_tol=1e-5)
         for x, y in zip(a.targets.boxes["boxes"], b.targets.boxes["boxes"], strict=True)
@@ -335,12 +326,11 @@ def test_other_angles_and_scales_match_within_the_resampling_bound(
     oracle: dict[str, Any], name: str
 ) -> None:
     aug = ANGLES_AND_SCALES[name]
-    a, b = _paths(oracle, aug)
-    grid, channels = oracle["grid"], oracle["channels"]
-    half = BEVGrid(grid.x_min, grid.y_min, grid.x_max, grid.y_max, grid.cell * 2)
-    error = oracle["store"].attrs["codec_error"]
-    classes = len(oracle["cfg"].classes)
     scale = float(np.sqrt(abs(np.linalg.det(aug[:2, :2]))))
+    grid, channels, classes = oracle["grid"], oracle["channels"], len(oracle["cfg"].classes)
+    half = BEVGrid(grid.x_min, grid.y_min, grid.x_max, grid.y_max, grid.cell * 2)
+    a, b = _paths(oracle, aug)
+    error = oracle["store"].attrs["codec_error"]
     worst = 0.0
     for i in range(len(b.tokens)):
         boxes, labels = b.gt_boxes[i], b.gt_labels[i]  # the moved boxes: sigma in cells as compared
