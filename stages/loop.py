@@ -105,16 +105,25 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+# Keys a resumed run may change: where it writes, how it is run and reported, and which
+# validation number picks best.pt; none of them changes the weights a step computes.
+RESUME_FREE = frozenset({
+    "train.out_dir", "train.best_metric", "train.eval_every", "train.log_every",
+    "train.num_workers", "train.torch_threads", "train.keep_checkpoints",
+})  # fmt: skip
+
+
 def check_same_config(state: dict[str, Any], cfg: Config, path: Path) -> None:
     """Refuse to resume a checkpoint written under another config: the schedule, the data
-    and the weights would silently mix two experiments. ``train.out_dir`` may differ."""
+    and the weights would silently mix two experiments. The keys of :data:`RESUME_FREE`
+    (out folder, workers, threads, logging, the validation metric) may differ."""
     if state.get("config_sha256") == config_sha256(cfg):
         return
     old, new = _flat(state["config"]), _flat(to_dict(cfg))
     changed = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k) and k != "train.out_dir"
+        if old.get(k) != new.get(k) and k not in RESUME_FREE
     ]
     if changed:
         raise BevkdError(

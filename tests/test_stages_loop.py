@@ -25,6 +25,12 @@ def test_resuming_under_another_config_is_refused_naming_the_keys() -> None:
     # Only the output folder moved (a checkpoint copied elsewhere): fine.
     check_same_config(state, load_config(None, ["train.epochs=2", "student.recipe=cmkd",
                                                 "train.out_dir=elsewhere"]), Path("x"))  # fmt: skip
+    # How the run is done and reported, and the metric that picks best.pt: fine too (a run
+    # that stopped at its final validation on a wrong metric resumes with the right one).
+    check_same_config(state, load_config(None, [
+        "train.epochs=2", "student.recipe=cmkd", "train.best_metric=ap.Car.bev.moderate",
+        "train.num_workers=0", "train.torch_threads=1", "train.log_every=1", "train.eval_every=1",
+    ]), Path("x"))  # fmt: skip
     with pytest.raises(BevkdError, match=r"last.pt was written by another config \(student.recipe: 'cmkd' -> 'baseline'; train.epochs: 2 -> 3\)"):  # fmt: skip
         check_same_config(
             state, load_config(None, ["train.epochs=3", "student.recipe=baseline"]), Path("last.pt")
