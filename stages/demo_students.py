@@ -41,8 +41,13 @@ DEMO_ARMS: tuple[Arm, ...] = (
 
 
 def arm_metrics(folder: Path) -> dict[str, Any] | None:
-    path = folder / "eval" / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A finished arm's final validation: ``eval/metrics.json`` (nuScenes) or
+    ``eval/kitti_ap.json`` (KITTI AP|R40); None while it has none."""
+    for name in ("metrics.json", "kitti_ap.json"):
+        path = folder / "eval" / name
+        if path.is_file():
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return None
 
 
 def train_arm(

@@ -78,3 +78,16 @@ def test_a_failing_arm_raises_with_the_end_of_its_log(
             arms=(arm,),
             extra=(*TINY_STUDENT, "student.bev_channels=8"),
         )
+
+
+def test_a_kitti_arms_evaluation_counts_as_finished(tmp_path: Path) -> None:
+    """KITTI runs write eval/kitti_ap.json, not metrics.json: a finished KITTI arm is found
+    (so a chained phase can start from it) and summarised by its Car AP|R40."""
+    from bevkd.stages.demo_students import arm_metrics, headline
+
+    assert arm_metrics(tmp_path) is None
+    (tmp_path / "eval").mkdir()
+    car = {m: {"easy": 50.0, "moderate": 41.25, "hard": 30.0} for m in ("3d", "bev", "2d")}
+    (tmp_path / "eval" / "kitti_ap.json").write_text(json.dumps({"ap": {"Car": car}}))
+    metrics = arm_metrics(tmp_path)
+    assert metrics is not None and headline(metrics) == "Car AP|R40 moderate: 3D 41.25, BEV 41.25"
