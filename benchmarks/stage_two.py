@@ -416,7 +416,7 @@ def main() -> None:
             *lines,
         ]
     )
-    write_block(Path("docs/results.md"), "stage-two", text)
+    write_block(Path("docs/results.md"), "stage-two", text + "\n")
 
 
 if __name__ == "__main__":
