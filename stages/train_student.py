@@ -173,7 +173,10 @@ def run(cfg: Config) -> TrainResult:
         if info.is_main:
             save_resolved(cfg, cfg.train.out_dir)
             terms = ", ".join(sorted(objective.recipe.expects)) or "none"
-            click.echo(f"[train-student] recipe {cfg.student.recipe}; store fields read: {terms}")
+            how = "computed online by the teachers" if objective.online else "read from the store"
+            click.echo(
+                f"[train-student] recipe {cfg.student.recipe}; teacher fields {how}: {terms}"
+            )
 
         # Which frames kept their GT: in the out folder and in every checkpoint.
         kept = sorted(f.token for f in dataset.base.frames if f.has_label)
