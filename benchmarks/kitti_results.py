@@ -123,6 +123,17 @@ def table(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> l
     return lines
 
 
+def car_at(folder: Path, overlap: float) -> dict[str, Any]:
+    """Car AP|R40 of an evaluated arm's saved detections at another 3D/BEV overlap."""
+    from bevkd.datasets.kitti_lists import read_split_list, split_list_path
+    from bevkd.stages.kitti_ap import evaluate_kitti, read_frames
+
+    ids = [e.token for e in read_split_list(split_list_path("val", OUT / "object")) if e.kind == "object"]  # fmt: skip
+    gt = read_frames(OUT / "object" / "training" / "label_2", ids, need_score=False)
+    dt = read_frames(folder / "eval" / "kitti_results", ids, need_score=True)
+    return evaluate_kitti(gt, dt, ("Car",), ("bev", "3d"), image_scale=0.5, min_overlap={"Car": overlap})  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -155,6 +166,11 @@ def main() -> None:
         "71 object train frames, 48 Eigen-clean-style raw frames (unlabelled).",
         "",
         *table(results, args.seeds),
+        "",
+        "The same detections at IoU 0.5 for Car (the looser threshold monocular 3D papers report "
+        "beside 0.7; a demo-scale monocular student rarely reaches 0.7 in 3D):",
+        "",
+        *table({key: car_at(last_folder(*key), 0.5) for key in results}, args.seeds),
     ]
     text = "\n".join(lines) + "\n"
     write_block(Path("docs/kitti.md"), "kitti-results", text)

@@ -133,8 +133,12 @@ def evaluate_kitti(
     image_scale: float = 1.0,
     sampling: str = "exact",
     dontcare_metrics: Sequence[str] = ("2d",),
+    min_overlap: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """AP|R40 per class, metric and difficulty over the frames of ``gt``.
+
+    ``min_overlap`` replaces the official overlap of some classes (e.g. ``{"Car": 0.5}``, the
+    looser threshold monocular 3D papers report beside 0.7).
 
     ``gt``/``dt`` map frame ids to KITTI objects (detections need scores; a frame missing
     from ``dt`` has no detections). Returns ``{"ap": {cls: {metric: {difficulty: AP}}},
@@ -144,8 +148,9 @@ def evaluate_kitti(
     unknown = sorted(set(dt) - set(gt))
     if unknown:
         raise ValueError(f"detections for {len(unknown)} frames without GT, e.g. {unknown[:3]}")
+    overlap = {**MIN_OVERLAP, **(min_overlap or {})}
     for cls in classes:
-        if cls not in MIN_OVERLAP:
+        if cls not in overlap:
             raise ValueError(
                 f"no KITTI overlap threshold for class '{cls}'; use {sorted(MIN_OVERLAP)}"
             )
@@ -172,7 +177,7 @@ def evaluate_kitti(
                     metric,
                     ign_gt,
                     ign_dt,
-                    MIN_OVERLAP[cls],
+                    overlap[cls],
                     sampling,
                     metric in dontcare_metrics,
                 )
@@ -180,7 +185,7 @@ def evaluate_kitti(
         "metric": "KITTI AP|R40",
         "ap": ap,
         "num_gt": num_gt,
-        "min_overlap": {c: MIN_OVERLAP[c] for c in classes},
+        "min_overlap": {c: overlap[c] for c in classes},
         "frames": len(keys),
         "image_scale": image_scale,
         "sampling": sampling,
