@@ -227,7 +227,9 @@ def test_unlabelled_frames_in_both_the_train_and_unlabeled_lists_train_once(
 
     cfg = small_config(world["root"])
     train = load_frames(cfg, "train")
-    raw = [dataclasses.replace(f, token=f"raw{i}", has_label=False) for i, f in enumerate(train[:3])]
+    raw = [
+        dataclasses.replace(f, token=f"raw{i}", has_label=False) for i, f in enumerate(train[:3])
+    ]
     lists = {"train": train + raw, "unlabeled": raw}
     monkeypatch.setattr(train_student, "load_frames", lambda _cfg, role: lists[role])
     semi = _student(world, world["base"] / "dedupe", "student.unlabeled=true")
