@@ -89,8 +89,10 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
         frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
         # a train list that already holds the unlabeled frames (KITTI's
         # kitti_train_and_eigen_clean with unlabeled_split eigen_clean) names them once
-        seen: set[str] = set()
-        frames = [f for f in frames if not (f.token in seen or seen.add(f.token))]
+        unique: dict[str, Frame] = {}
+        for frame in frames:
+            unique.setdefault(frame.token, frame)
+        frames = list(unique.values())
     skipped: dict[str, str] = {}
     if store is not None:
         absent = [f.token for f in frames if f.token not in store]
