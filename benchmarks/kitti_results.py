@@ -5,7 +5,7 @@ against the GT baseline, Car AP|R40 3D and BEV, Easy / Moderate / Hard.
     make kitti-results
 
 On the synthetic KITTI export (``configs/kitti/demo_cache.yaml``: 71 object train frames, 48
-Eigen-clean-style raw frames, 23 val frames; built with its teachers on first use). Arms, each
+Eigen-clean-style raw frames, 24 val frames; built with its teachers on first use). Arms, each
 a real ``bevkd train-student`` (resumable; a finished arm is not run again):
 
 - **baseline (GT)**: the monocular student with GT only, object train.
@@ -15,7 +15,7 @@ a real ``bevkd train-student`` (resumable; a finished arm is not run again):
   phase 2 4: CMKD halves the epochs when it adds Eigen-clean).
 - **CMKD gt+kd, train + Eigen-clean**: GT kept on the object frames (one phase, 16 epochs).
 
-AP|R40 is bevkd's exact definition (``eval.kitti_sampling`` exact) on the 23 val frames, with
+AP|R40 is bevkd's exact definition (``eval.kitti_sampling`` exact) on the 24 val frames, with
 the half-resolution export's pixel thresholds (``data.kitti_pixel_scale`` 0.5). Writes the
 table (mean ± std over the seeds, and every seed) between the ``kitti-results`` markers of
 ``docs/kitti.md``.
