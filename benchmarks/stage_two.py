@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -85,11 +84,6 @@ CASES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------
 # One measured run (a child process)
 # ------------------------------------------------------------------------------------------
-
-
-def vm_kib(key: str) -> int:
-    found = re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    return int(found.group(1)) if found else 0
 
 
 def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:
@@ -144,7 +138,7 @@ def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
-        else vm_kib("VmHWM") / 1024
+        else (PeakMemory._vm("VmHWM") or 0) / 2**20
     )
     teachers = ""
     if objective.online is not None and isinstance(dataset, online_teacher.TeacherViews):

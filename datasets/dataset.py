@@ -71,26 +71,39 @@ class FrameDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, epoch, index]) if self.train else None
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        return self.load(*self.draw(key))
+
+    def draw(
+        self, key: int | tuple[int, int]
+    ) -> tuple[int, np.ndarray, np.random.Generator | None]:
+        """``(index, bev_aug, rng)`` of a key: the frame, its BEV augmentation, and the
+        generator its image augmentation is drawn from next (None when not training)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rng = self.rng(index, epoch)
-        return self.load(index, draw_bev_aug(self.data, rng), rng)
+        return index, draw_bev_aug(self.data, rng), rng
 
     def load(
-        self, index: int, bev_aug: np.ndarray, rng: np.random.Generator | None = None
+        self,
+        index: int,
+        bev_aug: np.ndarray,
+        rng: np.random.Generator | None = None,
+        points: np.ndarray | None = None,
     ) -> Sample:
         """Frame ``index`` moved by the given ``bev_aug`` (4x4), its image augmentation drawn
         from ``rng`` (None: the validation resize and crop). ``__getitem__`` draws both; an
         online teacher reads the student's frame through this with the student's ``bev_aug``
-        and no image augmentation, as the store's teachers saw it."""
+        and no image augmentation, as the store's teachers saw it. ``points``: the frame's
+        points already loaded and moved by ``bev_aug`` (not read again)."""
         frame = self.frames[index]
         where = describe(frame, self.first_number + index)
-        points = load_points(frame, self.data.lidar_sweeps, where)
-        if self.data.crop_points_to_camera:
-            # CMKD's KITTI setting: only points the camera sees (in the ego frame, before BEV aug).
-            from bevkd.datasets.kitti import crop_points_to_camera
+        if points is None:
+            points = load_points(frame, self.data.lidar_sweeps, where)
+            if self.data.crop_points_to_camera:
+                # CMKD's KITTI setting: only points the camera sees (ego frame, before BEV aug).
+                from bevkd.datasets.kitti import crop_points_to_camera
 
-            points = crop_points_to_camera(points, frame)
-        points = transform_points(points, bev_aug)
+                points = crop_points_to_camera(points, frame)
+            points = transform_points(points, bev_aug)
         boxes = transform_boxes(frame.boxes, bev_aug) if frame.has_label else np.zeros((0, 9))
         labels = frame.labels if frame.has_label else np.zeros((0,), np.int64)
         # Depth from the keyframe sweep only: earlier sweeps smear moving objects.

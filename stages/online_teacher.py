@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from bevkd.datasets.augment import draw_bev_aug
 from bevkd.datasets.dataset import FrameDataset
 from bevkd.datasets.frame import Batch, Sample, collate
 from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
@@ -92,16 +91,13 @@ def load_online_teachers(
 
 def reader_settings(store: Any, data: DataConfig) -> DataConfig:
     """``data`` (the student's dataset root and splits) with the input settings the store's
-    teachers read frames with (its recorded cache config's ``data`` section)."""
-    import yaml
+    teachers read frames with (the config in its provenance)."""
+    from bevkd.stages.evaluate_store import store_config
 
-    made = (yaml.safe_load(store.provenance.get("config") or "{}") or {}).get("data", {})
-    changes: dict[str, Any] = {}
-    for key in (*POINT_SETTINGS, *IMAGE_SETTINGS):
-        if key in made:
-            value = made[key]
-            changes[key] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(data, **changes)
+    made = store_config(store).data
+    return dataclasses.replace(
+        data, **{key: getattr(made, key) for key in (*POINT_SETTINGS, *IMAGE_SETTINGS)}
+    )
 
 
 def _same(a: DataConfig, b: DataConfig, keys: Iterable[str]) -> bool:
@@ -125,7 +121,8 @@ def own_views(teachers: Iterable[str], student: DataConfig, teacher_data: DataCo
 class TeacherViews(torch.utils.data.Dataset):
     """``(sample, views)``: the student's augmented sample and, per teacher that reads its own
     input, the same frame as that teacher reads it, moved by the same ``bev_aug`` (no image
-    augmentation: the store's teachers saw none). Keys as :class:`FrameDataset`'s."""
+    augmentation: the store's teachers saw none). A view takes the student's points, already
+    loaded and moved, when it reads points the same way. Keys as :class:`FrameDataset`'s."""
 
     def __init__(self, base: FrameDataset, teacher_data: DataConfig, cameras: Mapping[str, tuple[str, ...]]):  # fmt: skip
         self.base = base
@@ -140,16 +137,19 @@ class TeacherViews(torch.utils.data.Dataset):
             )
             for name, cams in cameras.items()
         }
+        self.same_points = _same(base.data, teacher_data, POINT_SETTINGS)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, key: Any) -> tuple[Sample, dict[str, Sample]]:
-        epoch, index = key if isinstance(key, tuple) else (self.base.epoch, key)
-        rng = self.base.rng(index, epoch)
-        bev_aug = draw_bev_aug(self.base.data, rng)
+        index, bev_aug, rng = self.base.draw(key)
         sample = self.base.load(index, bev_aug, rng)
-        return sample, {name: r.load(index, bev_aug) for name, r in self.readers.items()}
+        points = sample.points.numpy() if self.same_points else None
+        return sample, {
+            name: reader.load(index, bev_aug, points=points)
+            for name, reader in self.readers.items()
+        }
 
     def collate(self, items: list[tuple[Sample, dict[str, Sample]]]) -> StudentBatch:
         batch = collate_student([(sample, {}) for sample, _ in items])
@@ -181,94 +181,37 @@ class OnlineTeacher:
     def __call__(self, batch: StudentBatch) -> Targets:
         from bevkd.stages.teacher_runner import stored_heatmap
 
-        self._to(batch.images.device)
+        device = batch.images.device
+        self._to(device)
         targets = Targets()
-        size = batch.size
+        everyone = torch.ones(batch.size, dtype=torch.bool, device=device)
         for name, wanted in self.fields.items():
             spec = TEACHER_FIELDS[name]
             model = self.teachers[name]
-            source: Batch = batch.teacher_inputs.get(name, batch)
             if model.training:
                 raise RuntimeError(f"online teacher {name} is in training mode")
-            rows = torch.nonzero(source.has_label).squeeze(1) if spec.labeled_only else None
-            if rows is not None and rows.numel() == 0:
-                self._absent(targets, wanted, size, batch.images.device)
-                continue
-            out = model(
-                _select(source, rows) if rows is not None else source, decode=spec.boxes in wanted
-            )
-            made: dict[str, torch.Tensor] = {}
-            for src, dst in spec.features.items():
-                if dst in wanted:
-                    made[dst] = out.features[src].float()
+            source: Batch = batch.teacher_inputs.get(name, batch)
+            # A labelled-only teacher (the label encoder) is per-sample: it runs on the whole
+            # batch, and its fields exist where the frame keeps its GT, as in the store.
+            present = source.has_label.to(device) if spec.labeled_only else everyone
+            out = model(source, decode=spec.boxes in wanted)
+            made = {dst: out.features[src].float() for src, dst in spec.features.items() if dst in wanted}  # fmt: skip
             if spec.heatmap in wanted:
                 activation = self.contract.field(spec.heatmap).heatmap_activation or "logits"
                 made[spec.heatmap] = stored_heatmap(out.head.heatmap, activation)
             if spec.regression in wanted:
                 made[spec.regression] = out.head.regression.float()
             for dst, value in made.items():
-                full = value if rows is None else _scatter(value, rows, size)
-                targets.fields[dst] = full
-                targets.present[dst] = _present(rows, size, full.device)
+                targets.fields[dst] = value * present.view(-1, *[1] * (value.ndim - 1))
+                targets.present[dst] = present
             if spec.boxes in wanted:
                 capacity = self.contract.field(spec.boxes).shape[0]
                 targets.boxes[spec.boxes] = [
                     torch.cat([d.boxes.float(), d.scores.float()[:, None], d.labels.float()[:, None]], 1)[:capacity]
                     for d in out.detections
                 ]  # fmt: skip
-                targets.present[spec.boxes] = _present(rows, size, batch.images.device)
+                targets.present[spec.boxes] = present
         return targets
-
-    def _absent(self, targets: Targets, wanted: list[str], size: int, device: torch.device) -> None:
-        """Fields of a labelled-only teacher on a batch without labels: zeros, not present."""
-        for name in wanted:
-            shape = self.contract.field(name).shape
-            targets.present[name] = torch.zeros(size, dtype=torch.bool, device=device)
-            if self.contract.field(name).kind == "boxes":
-                targets.boxes[name] = [torch.zeros((0, shape[1]), device=device)] * size
-            else:
-                targets.fields[name] = torch.zeros((size, *shape), device=device)
-
-
-def _present(rows: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
-    present = torch.zeros(size, dtype=torch.bool, device=device)
-    if rows is None:
-        present[:] = True
-    else:
-        present[rows.to(device)] = True
-    return present
-
-
-def _scatter(value: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
-    full = value.new_zeros((size, *value.shape[1:]))
-    full[rows] = value
-    return full
-
-
-def _select(batch: Batch, rows: torch.Tensor) -> Batch:
-    """The samples ``rows`` of a collated batch (points re-numbered), for a labelled-only teacher."""
-    keep = rows.tolist()
-    points = batch.points
-    parts = []
-    for new, old in enumerate(keep):
-        chosen = points[points[:, 0] == old]
-        parts.append(torch.cat([torch.full_like(chosen[:, :1], float(new)), chosen[:, 1:]], 1))
-    index = rows.to(batch.images.device)
-    return dataclasses.replace(
-        batch,
-        tokens=[batch.tokens[i] for i in keep],
-        indices=batch.indices[index.to(batch.indices.device)],
-        has_label=batch.has_label[index.to(batch.has_label.device)],
-        images=batch.images[index],
-        cam2img=batch.cam2img[index],
-        cam2ego=batch.cam2ego[index],
-        img_aug=batch.img_aug[index],
-        bev_aug=batch.bev_aug[index],
-        points=torch.cat(parts) if parts else points[:0],
-        gt_boxes=[batch.gt_boxes[i] for i in keep],
-        gt_labels=[batch.gt_labels[i] for i in keep],
-        depth=batch.depth[index],
-    )
 
 
 def prepare(cfg: Config, store: Any, fields: Iterable[str], samples: FrameDataset,
