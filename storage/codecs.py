@@ -17,6 +17,16 @@ codec          arrays under ``fields/F/`` and how a plain zarr user decodes fram
                0..254, ``scale`` and ``offset`` float32 (N, C):
                ``offset[i][:, None, None] + scale[i][:, None, None] * data[i]``. The channel
                minimum (0 after a ReLU) is exact; the error is at most ``scale / 2``.
+``uint4``      4-bit per-frame, per-channel affine quantization, two codes a byte: ``data``
+               uint8 (N, C, H, ceil(W/2)), the even column in the low nibble, the odd one in
+               the high nibble, codes 0..14; ``scale``, ``offset`` (N, C) as for uint8:
+               ``offset + scale * unpack(data[i])``. Error at most ``scale / 2`` =
+               (max - min) / 28 per channel.
+``pca-K``      per-frame PCA across channels, K components at 4 bits: ``data`` (N, K, H,
+               ceil(W/2)) packed as uint4 with ``scale``, ``offset`` (N, K); ``basis``
+               (N, C, K) and ``mean`` (N, C) float32:
+               ``mean[i][:, None] + basis[i] @ components(i).reshape(K, H*W)``. Lossy by
+               design (the rank-K projection); the store records the error it measured.
 =============  ========================================================================
 
 Missing chunks read as a sentinel, never as plausible data: float arrays have fill value
@@ -40,10 +50,12 @@ ZSTD_LEVEL = 1
 BF16_NAN = 0x7FC0
 U8_MISSING = 255
 U8_LEVELS = 254  # codes 0..254; 255 is the "never written" sentinel
+U4_LEVELS = 14  # codes 0..14 per nibble; a byte of 255 (both nibbles 15) is never written
 
 
 def parse_codec(name: str) -> tuple[str, int]:
-    """``"bitround-10"`` -> ("bitround", 10); other names -> (name, 0)."""
+    """``"bitround-10"`` -> ("bitround", 10); ``"pca-8"`` -> ("pca", 8); other names ->
+    (name, 0)."""
     if name.startswith("bitround-"):
         keep = name.split("-", 1)[1]
         if not keep.isdigit() or not 1 <= int(keep) <= 23:
@@ -51,9 +63,15 @@ def parse_codec(name: str) -> tuple[str, int]:
                 f"codec {name!r}: bitround keeps 1..23 mantissa bits, e.g. bitround-10"
             )
         return "bitround", int(keep)
-    if name not in ("fp32", "fp16", "bf16", "uint8"):
+    if name.startswith("pca-"):
+        rank = name.split("-", 1)[1]
+        if not rank.isdigit() or int(rank) < 1:
+            raise StoreError(f"codec {name!r}: pca keeps K >= 1 components, e.g. pca-8")
+        return "pca", int(rank)
+    if name not in ("fp32", "fp16", "bf16", "uint8", "uint4"):
         raise StoreError(
-            f"unknown codec {name!r}; use fp32, fp16, bf16, bitround-K (K=1..23) or uint8"
+            f"unknown codec {name!r}; use fp32, fp16, bf16, bitround-K (K=1..23), uint8, "
+            "uint4 or pca-K"
         )
     return name, 0
 
@@ -89,12 +107,39 @@ def array_plans(spec: FieldSpec) -> dict[str, ArrayPlan]:
     if kind == "bf16":
         attrs["bevkd_dtype"] = "bfloat16"
         return {"data": ArrayPlan("uint16", spec.shape, BF16_NAN, False, attrs)}
+    if len(spec.shape) < 2:
+        raise StoreError(f"field {spec.name!r}: codec {spec.codec} needs (C, ..., W) fields")
     channels = spec.shape[0]
-    return {
-        "data": ArrayPlan("uint8", spec.shape, U8_MISSING, False, attrs),
-        "scale": ArrayPlan("float32", (channels,), float("nan"), True, {}),
-        "offset": ArrayPlan("float32", (channels,), float("nan"), True, {}),
+    if kind == "uint8":
+        return {
+            "data": ArrayPlan("uint8", spec.shape, U8_MISSING, False, attrs),
+            "scale": ArrayPlan("float32", (channels,), float("nan"), True, {}),
+            "offset": ArrayPlan("float32", (channels,), float("nan"), True, {}),
+        }
+    codes = channels
+    if kind == "pca":
+        codes = keep_rank(spec)
+    packed = (codes, *spec.shape[1:-1], -(-spec.shape[-1] // 2))
+    plans = {
+        "data": ArrayPlan("uint8", packed, U8_MISSING, False, attrs),
+        "scale": ArrayPlan("float32", (codes,), float("nan"), True, {}),
+        "offset": ArrayPlan("float32", (codes,), float("nan"), True, {}),
     }
+    if kind == "pca":
+        plans["basis"] = ArrayPlan("float32", (channels, codes), float("nan"), True, {})
+        plans["mean"] = ArrayPlan("float32", (channels,), float("nan"), True, {})
+    return plans
+
+
+def keep_rank(spec: FieldSpec) -> int:
+    """The components a ``pca-K`` field keeps; K must be below its channel count."""
+    rank = parse_codec(spec.codec)[1]
+    if rank >= spec.shape[0]:
+        raise StoreError(
+            f"field {spec.name!r}: codec {spec.codec} keeps {rank} components of "
+            f"{spec.shape[0]} channels; K must be fewer than the channels (or use uint4)"
+        )
+    return rank
 
 
 # ------------------------------------------------------------------------------------------
@@ -114,6 +159,10 @@ def encode(spec: FieldSpec, x: np.ndarray) -> dict[str, np.ndarray]:
         return {"data": float32_to_bf16_bits(x)}
     if kind == "bitround":
         return {"data": bitround(x, keep)}
+    if kind == "uint4":
+        return quantize_u4(x)
+    if kind == "pca":
+        return pca_encode(x, keep_rank(spec))
     return quantize_u8(x)
 
 
@@ -168,6 +217,10 @@ def decode(spec: FieldSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
         return data.astype(np.float32)
     if kind == "bf16":
         return bf16_bits_to_float32(data)
+    if kind == "uint4":
+        return dequantize_u4(data, parts["scale"], parts["offset"], spec.shape[-1])
+    if kind == "pca":
+        return pca_decode(parts, spec.shape)
     return dequantize_u8(data, parts["scale"], parts["offset"])
 
 
@@ -259,6 +312,78 @@ def dequantize_u8(data: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np
     out *= scale.reshape(scale.shape + tail)
     out += offset.reshape(offset.shape + tail)
     return out
+
+
+def quantize_u4(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame, per-channel affine 4-bit codes of ``(k, C, ..., W)`` float32, two a byte
+    along W (even columns in the low nibble; an odd W is padded with code 0)."""
+    k, channels = x.shape[:2]
+    lo, hi = channel_extrema(x)
+    scale = ((hi - lo) / U4_LEVELS).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    flat = x.reshape(k, channels, -1) - lo[..., None]
+    flat /= safe[..., None]
+    np.rint(flat, out=flat)
+    np.clip(np.nan_to_num(flat, nan=0.0), 0, U4_LEVELS, out=flat)  # NaN: its scale is NaN
+    codes = flat.astype(np.uint8).reshape(x.shape)
+    if x.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*x.shape[:-1], 1), np.uint8)], axis=-1)
+    data = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return {"data": np.ascontiguousarray(data), "scale": scale, "offset": lo.astype(np.float32)}
+
+
+def unpack_u4(data: np.ndarray, width: int) -> np.ndarray:
+    """The 4-bit codes (..., ``width``) as float32 from their packed bytes (..., ceil(w/2))."""
+    data = np.asarray(data, dtype=np.uint8)
+    codes = np.empty((*data.shape[:-1], 2 * data.shape[-1]), np.float32)
+    codes[..., 0::2] = data & 15
+    codes[..., 1::2] = data >> 4
+    return codes[..., :width]
+
+
+def dequantize_u4(
+    data: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int
+) -> np.ndarray:
+    """``offset + scale * code`` per channel of packed 4-bit codes; one frame or frames."""
+    out = unpack_u4(data, width)
+    tail = (1,) * (out.ndim - scale.ndim)
+    out *= scale.reshape(scale.shape + tail)
+    out += offset.reshape(offset.shape + tail)
+    return out
+
+
+def pca_encode(x: np.ndarray, rank: int) -> dict[str, np.ndarray]:
+    """Per frame of ``(k, C, ...)``: the channel mean, the top-``rank`` principal directions
+    across channels (``basis`` (C, rank), from the eigendecomposition of the C x C
+    covariance) and the components on them, quantized as :func:`quantize_u4`."""
+    k, channels = x.shape[:2]
+    spatial = x.shape[2:]
+    flat = x.reshape(k, channels, -1).astype(np.float64)
+    mean = flat.mean(axis=2)
+    centred = flat - mean[..., None]
+    basis = np.empty((k, channels, rank), np.float64)
+    for i in range(k):
+        if not np.isfinite(centred[i]).all():
+            basis[i] = np.nan  # NaN input: the NaN basis marks the frame and finalize fails
+            continue
+        _, vectors = np.linalg.eigh(centred[i] @ centred[i].T)  # ascending eigenvalues
+        basis[i] = vectors[:, ::-1][:, :rank]
+    components = np.einsum("kcr,kcp->krp", basis, np.nan_to_num(centred))
+    parts = quantize_u4(components.astype(np.float32).reshape(k, rank, *spatial))
+    if not np.isfinite(basis).all():
+        parts["scale"][~np.isfinite(basis).all(axis=(1, 2))] = np.nan
+    parts["basis"] = basis.astype(np.float32)
+    parts["mean"] = mean.astype(np.float32)
+    return parts
+
+
+def pca_decode(parts: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`pca_encode` (one frame or frames): ``mean + basis @ components``."""
+    basis, mean = parts["basis"], parts["mean"]
+    components = dequantize_u4(parts["data"], parts["scale"], parts["offset"], shape[-1])
+    flat = components.reshape(*components.shape[: basis.ndim - 1], -1)
+    out = np.matmul(basis, flat) + mean[..., None]
+    return out.reshape(*basis.shape[:-2], *shape).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------------

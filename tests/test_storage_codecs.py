@@ -61,7 +61,7 @@ def test_bitround_zeroes_the_dropped_mantissa_bits() -> None:
     assert np.all(bits & np.uint32((1 << (23 - 6)) - 1) == 0)
 
 
-@pytest.mark.parametrize("codec", ["uint8", "fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("codec", ["uint8", "fp16", "bf16", "fp32", "uint4", "pca-2"])
 def test_encode_decoded_gives_what_a_reader_decodes_and_its_range(codec: str) -> None:
     rng = np.random.default_rng(7)
     x = (
@@ -127,7 +127,7 @@ def test_uint8_is_affine_per_channel_with_exact_minimum() -> None:
     np.testing.assert_allclose(manual, out[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "bitround-8", "uint8"])
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "bitround-8", "uint8", "uint4", "pca-2"])
 def test_never_written_frames_are_recognised_by_their_sentinel(codec: str) -> None:
     spec = _spec(codec)
     plans = codecs.array_plans(spec)
@@ -142,6 +142,71 @@ def test_unknown_codecs_are_refused() -> None:
         codecs.parse_codec("int4")
     with pytest.raises(StoreError, match=r"bitround keeps 1\.\.23"):
         codecs.parse_codec("bitround-30")
+    for bad in ("pca-0", "pca-x", "pca-"):
+        with pytest.raises(StoreError, match="pca keeps K >= 1"):
+            codecs.parse_codec(bad)
+    with pytest.raises(StoreError, match="keeps 3 components of 3 channels"):
+        codecs.array_plans(_spec("pca-3"))
+
+
+@pytest.mark.parametrize("width", [8, 7])
+def test_uint4_is_affine_per_channel_packed_two_a_byte(width: int) -> None:
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(0, 2, (2, 3, 5, width)), 0).astype(np.float32)
+    x[1, 2] = 4.5  # a constant channel
+    spec = bev_feature_field("f", 3, 5, width, codec="uint4")
+    parts = codecs.encode(spec, x)
+    assert parts["data"].shape == (2, 3, 5, (width + 1) // 2) and parts["data"].dtype == np.uint8
+    assert parts["data"].max() <= 14 * 17  # both nibbles at most 14: never the 255 sentinel
+    out = codecs.decode(spec, parts)
+    assert out.shape == x.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[x == 0], 0)  # the channel minimum (0) is exact
+    np.testing.assert_array_equal(out[1, 2], 4.5)
+    # the error bound: half a step of (max - min) / 14, per channel
+    step = (x.max(axis=(2, 3)) - x.min(axis=(2, 3))) / 14
+    assert np.all(np.abs(out - x) <= step[..., None, None] / 2 * (1 + 1e-5) + 1e-6)
+    assert np.abs(out - x).max() > 0  # it is lossy: 15 levels
+    # How a plain zarr user decodes it (docs/store.md): low nibble the even column.
+    b = parts["data"][0]
+    codes = np.stack([b & 15, b >> 4], axis=-1).reshape(3, 5, -1)[..., :width]
+    manual = parts["offset"][0][:, None, None] + parts["scale"][0][:, None, None] * codes
+    np.testing.assert_allclose(manual, out[0], rtol=1e-6)
+
+
+def test_pca_reconstructs_low_rank_fields_and_matches_the_svd_projection() -> None:
+    rng = np.random.default_rng(11)
+    channels, rank = 12, 3
+    # Exactly rank 3 around a per-channel mean: the projection loses nothing, only the 4-bit
+    # components do.
+    mixing = rng.normal(0, 1, (2, channels, rank)).astype(np.float32)
+    latent = rng.normal(0, 1, (2, rank, 6, 10)).astype(np.float32)
+    x = np.einsum("kcr,krhw->kchw", mixing, latent) + rng.normal(0, 5, (2, channels, 1, 1))
+    x = x.astype(np.float32)
+    spec = bev_feature_field("f", channels, 6, 10, codec=f"pca-{rank}")
+    parts = codecs.encode(spec, x)
+    assert parts["data"].shape == (2, rank, 6, 5) and parts["basis"].shape == (2, channels, rank)
+    out = codecs.decode(spec, parts)
+    # Error of the components: at most half a 4-bit step each, mixed by the orthonormal basis.
+    step = (parts["scale"] / 2)[..., None]  # (k, rank, 1)
+    basis = parts["basis"].astype(np.float64)
+    np.testing.assert_allclose(
+        np.einsum("kcr,kcs->krs", basis, basis), np.eye(rank)[None].repeat(2, 0), atol=1e-5
+    )
+    bound = np.einsum("kcr,kro->kco", np.abs(basis), step)[..., None]  # (k, C, 1, 1)
+    assert np.all(np.abs(out - x) <= bound * (1 + 1e-4) + 1e-4)
+    # On generic data: the rank-K truncated SVD of the centred channels (an independent
+    # reference), up to the same component quantization.
+    y = rng.normal(0, 1, (1, channels, 6, 10)).astype(np.float32)
+    spec2 = bev_feature_field("f", channels, 6, 10, codec="pca-4")
+    parts2 = codecs.encode(spec2, y)
+    flat = y[0].reshape(channels, -1).astype(np.float64)
+    mean = flat.mean(axis=1, keepdims=True)
+    u, _, _ = np.linalg.svd(flat - mean, full_matrices=False)
+    projected = (mean + u[:, :4] @ u[:, :4].T @ (flat - mean)).reshape(y[0].shape)
+    q = np.einsum("cr,ro->co", np.abs(parts2["basis"][0]), parts2["scale"][0][:, None] / 2)
+    got = codecs.decode(spec2, {k: v[0] for k, v in parts2.items()})  # one frame
+    assert np.all(np.abs(got - projected) <= q[..., None] * (1 + 1e-4) + 1e-4)
+    assert np.abs(got - y[0]).max() > 0.5  # the rank-4 projection is lossy on rank-12 data
 
 
 def test_default_codecs_are_8x_smaller_than_fp32_with_bounded_recorded_error(
@@ -164,3 +229,59 @@ def test_default_codecs_are_8x_smaller_than_fp32_with_bounded_recorded_error(
         original = synthetic_frame(contract, 0)[0][spec.name]
         got = store.read_frame(0)[spec.name]
         assert np.abs(got - original).max() <= err["max_abs"] + 1e-7
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {
+            "bev_feature": "uint4",
+            "embedding": "uint4",
+            "heatmap": "uint4",
+            "box_regression": "uint4",
+        },
+        {
+            "bev_feature": "pca-8",
+            "embedding": "pca-4",
+            "heatmap": "uint4",
+            "box_regression": "uint4",
+        },
+    ],
+)
+def test_aggressive_codecs_write_verify_and_read_back(
+    tmp_path: Path, choice: dict[str, str]
+) -> None:
+    """The 4-bit and PCA codecs through the real writer, finalize, verify and reader: every
+    frame reads back as the codec decodes it, within the error the store recorded, and the
+    store is smaller than with the default codecs."""
+    from bevkd.storage.verify import verify_store
+
+    sizes = {}
+    for name, codec_choice in (("default", None), ("aggressive", choice)):
+        url = str(tmp_path / f"{name}.zarr")
+        contract = demo_contract(codecs=codec_choice)
+        write_store(url, contract, n_frames=4, shard_size=2)
+        report = verify_store(url)
+        assert report.ok, report.problems
+        store = open_store(url)
+        spatial = [f for f in contract.fields if f.kind != "boxes"]
+        sizes[name] = sum(store.attrs["stored"][f.name]["bytes"] for f in spatial)
+        if codec_choice is None:
+            continue
+        for frame in range(4):
+            original, _ = synthetic_frame(contract, frame)
+            got = store.read_frame(frame)
+            for spec in spatial:
+                if spec.name not in original or spec.name not in got:
+                    continue  # a labeled-only field on an unlabeled frame
+                want = codecs.decode(
+                    spec,
+                    {k: v[0] for k, v in codecs.encode(spec, original[spec.name][None]).items()},
+                )
+                np.testing.assert_allclose(got[spec.name], want, rtol=1e-6, atol=1e-6)
+                err = store.attrs["codec_error"][spec.name]
+                assert (
+                    np.abs(got[spec.name] - original[spec.name]).max()
+                    <= err["max_abs"] * (1 + 1e-5) + 1e-6
+                )
+    assert sizes["aggressive"] < 0.6 * sizes["default"], sizes
