@@ -42,6 +42,16 @@ PLAIN_READER = textwrap.dedent(
             elif codec == "bf16":
                 assert arrays["data"].attrs["bevkd_dtype"] == "bfloat16"
                 value = (arrays["data"][i].astype(np.uint32) << 16).view(np.float32)
+            elif codec == "uint4" or codec.startswith("pca-"):
+                packed = arrays["data"][i]  # two 4-bit codes a byte: low nibble = even column
+                codes = np.stack([packed & 15, packed >> 4], axis=-1).astype(np.float32)
+                codes = codes.reshape(*packed.shape[:-1], -1)[..., : field["shape"][-1]]
+                scale, offset = arrays["scale"][i], arrays["offset"][i]
+                value = offset[:, None, None] + scale[:, None, None] * codes
+                if codec.startswith("pca-"):  # value holds the K components
+                    basis, mean = arrays["basis"][i], arrays["mean"][i]
+                    flat = np.matmul(basis, value.reshape(len(value), -1)) + mean[:, None]
+                    value = flat.reshape(field["shape"])
             else:  # fp32, fp16, bitround-K
                 value = arrays["data"][i].astype(np.float32)
             result[f"{tokens[i]}/{name}"] = value
@@ -56,6 +66,8 @@ def test_plain_zarr_reads_every_field_and_codec(tmp_path: Path) -> None:
     extra = (
         bev_feature_field("lidar_bev_s2", 6, 8, 8, codec="bf16"),
         bev_feature_field("fp16_bev", 3, 16, 16, codec="fp16"),
+        bev_feature_field("uint4_bev", 5, 8, 7, codec="uint4"),
+        bev_feature_field("pca_bev", 6, 8, 8, codec="pca-3"),
     )
     contract = StoreContract(base.schema_version, base.grid, base.classes, base.fields + extra)
     url = str(tmp_path / "s.zarr")
