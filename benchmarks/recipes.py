@@ -235,7 +235,8 @@ def recipe_block(by_arm: dict[str, list[dict[str, Any]]], seeds: list[int]) -> s
         f"Demo world: 72 labelled train frames, 72 unlabelled sweeps, 24 val frames (nuScenes "
         f"devkit, 10 classes). Every arm: {STEPS} optimizer steps of batch {BATCH} (8 epochs "
         "labelled; 4 epochs with the sweeps), one torch thread, the demo student configs. Mean ± "
-        f"std over seeds {', '.join(map(str, seeds))}; Δ is against the baseline's mean.",
+        f"std over the seeds each arm finished (of {', '.join(map(str, seeds))}); Δ is against "
+        "the baseline's mean.",
         "",
         "| arm | seeds | mAP | NDS | car AP | Δ mAP | Δ car AP | car AP per seed |",
         "|---|---|---|---|---|---|---|---|",
@@ -277,7 +278,7 @@ def directions(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
             _, text = verdict(values(by_arm[arm], metric), values(by_arm[against], metric))
             cells.append(text)
         lines.append(f"| {claim} | {cells[0]} | {cells[1]} |")
-        if not any(c.startswith("holds") for c in cells):
+        if not any(c.startswith(("holds", "one seed")) for c in cells):
             missed.append(f"- **Not reproduced: {claim}.** mAP {cells[0]}; car AP {cells[1]}.")
     if "cmkd online" in by_arm and "cmkd" in by_arm:
         cells = [verdict(values(by_arm["cmkd"], k), values(by_arm["cmkd online"], k))[1]
@@ -285,7 +286,7 @@ def directions(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
         lines.append(
             f"| cached equals online for cmkd (cached − online) | {cells[0]} | {cells[1]} |"
         )
-        if any(not c.startswith("within") for c in cells):
+        if any(c.startswith(("holds", "reversed")) for c in cells):
             missed.append(
                 f"- **Cached and online cmkd differ:** mAP {cells[0]}; car AP {cells[1]}. Under "
                 "augmentation the cached (warped) and online targets are different targets for a "
@@ -409,7 +410,9 @@ def plot_recipes(by_arm: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 
 def plot_loss_curves(names: list[str], path: Path) -> None:
-    """Total training loss against the step, seed 0, one panel per recipe."""
+    """Total training loss against the step (the log's running means), seed 0, one panel per
+    recipe. Arms with the sweeps log fewer GT terms (unlabelled frames have none), so their
+    total sits apart from the labelled arm's by construction."""
     plt = _pyplot()
     groups = ["baseline", *RECIPES]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), squeeze=False)
@@ -421,10 +424,10 @@ def plot_loss_curves(names: list[str], path: Path) -> None:
             if not log.is_file():
                 continue
             rows = [json.loads(line) for line in log.read_text().splitlines()]
+            rows = [r for r in rows if "loss" in r]  # not the validation rows
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
         ax.set_title(group, fontsize=9)
         ax.set_xlabel("step")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("training loss (seed 0)")
