@@ -80,3 +80,18 @@ def test_codec_block_keeps_the_smallest_store_within_noise(recipes: Any, monkeyp
     by_arm["cmkd uint4"] = _runs([0.05, 0.06, 0.07])
     text = recipes.codec_block(by_arm, [0, 1, 2])
     assert "**uint8**, 160.0 KB/frame, **8.5x**" in text and "not met" in text
+
+
+def test_loss_curves_read_logs_with_validation_rows(recipes: Any, monkeypatch, tmp_path) -> None:
+    """A training log interleaves loss rows with validation rows (no ``loss`` key)."""
+    import json
+
+    monkeypatch.setattr(recipes, "OUT", tmp_path)
+    for name in ("baseline", "cmkd", "cmkd online"):
+        log = tmp_path / recipes.folder(name, 0) / "train_log.jsonl"
+        log.parent.mkdir(parents=True)
+        rows = [{"epoch": 1, "step": 10, "loss": 3.0}, {"epoch": 1, "step": 18, "val_NDS": 0.1}]
+        log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "curves.png"
+    recipes.plot_loss_curves(list(recipes.table_arms()), out)
+    assert out.stat().st_size > 10_000
