@@ -451,6 +451,9 @@ def plot_codecs(by_arm: dict[str, list[dict[str, Any]]], path: Path) -> None:
             ax.plot([kb] * len(xs), xs, "k.", ms=3)
             ax.annotate(name, (kb, statistics.mean(xs)), textcoords="offset points", xytext=(6, 4))
         ax.set_xscale("log")
+        ticks = [25, 50, 100, 200, 400, 800]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("store KB/frame (fields cmkd reads)")
         ax.set_ylabel(f"cmkd student {metric} (val)")
         ax.grid(alpha=0.3)
