@@ -39,9 +39,10 @@ LABELLED, HIDDEN, SWEEPS = 18, 54, 72  # 25% of the 72 labelled train frames; th
 FEW = ["student.labeled_fraction=0.25", "student.label_seed=0"]
 
 
-def epochs(frames: int) -> int:
-    """Epochs that give about STEPS optimizer steps over ``frames`` (full batches only)."""
-    return math.ceil(STEPS / (frames // BATCH))
+def epochs(frames: int, steps: int = STEPS) -> int:
+    """Epochs that give about ``steps`` optimizer steps of BATCH over ``frames`` (full batches
+    only)."""
+    return math.ceil(steps / (frames // BATCH))
 
 
 MIXED = ("cmkd", "pseudo_label", "cmkd+pseudo_label")  # the arms that train unlabelled frames

@@ -38,6 +38,7 @@ generated from the arms' own evaluations, and prints the same text.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -49,7 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from few_labels import write_block
+from few_labels import BATCH, write_block
+from few_labels import epochs as epochs_for
 
 from bevkd.stages.demo_students import Arm, arm_metrics, train_arm
 
@@ -58,7 +60,7 @@ STORE = "work/demo/teacher.zarr"
 DATA = "work/demo/data"
 RESULTS = OUT / "results"
 DOCS = Path("docs")
-STEPS, BATCH = 144, 4
+STEPS = 144
 LABELLED, SWEEPS = 72, 72
 # Publication order (METHODS.md): CMKD (ECCV 2022), FocalDistiller (CVPR 2023), SimDistill
 # (AAAI 2024), LabelDistill (ECCV 2024): "each newer method adds its own gain" compares each
@@ -74,22 +76,20 @@ CODECS: dict[str, dict[str, str]] = {
 CMKD_FIELDS = ("lidar_bev", "heatmap", "box_regression", "boxes")
 
 
-def epochs(frames: int) -> int:
-    """Epochs that give :data:`STEPS` optimizer steps over ``frames`` (full batches only)."""
-    return math.ceil(STEPS / (frames // BATCH))
-
-
 def table_arms() -> dict[str, tuple[str, list[str]]]:
     """Arm name -> (config, overrides) of the recipe table."""
     arms: dict[str, tuple[str, list[str]]] = {
         "baseline": ("configs/demo/student_baseline.yaml",
-                     ["student.unlabeled=false", f"train.epochs={epochs(LABELLED)}"]),
+                     ["student.unlabeled=false", f"train.epochs={epochs_for(LABELLED, STEPS)}"]),
     }  # fmt: skip
     for recipe in RECIPES:
         config = f"configs/demo/student_{recipe}.yaml"
-        arms[recipe] = (config, ["student.unlabeled=false", f"train.epochs={epochs(LABELLED)}"])
+        arms[recipe] = (
+            config,
+            ["student.unlabeled=false", f"train.epochs={epochs_for(LABELLED, STEPS)}"],
+        )
         arms[f"{recipe} + unlabeled"] = (
-            config, ["student.unlabeled=true", f"train.epochs={epochs(LABELLED + SWEEPS)}"],
+            config, ["student.unlabeled=true", f"train.epochs={epochs_for(LABELLED + SWEEPS, STEPS)}"],
         )  # fmt: skip
         if recipe == "cmkd":
             arms["cmkd online"] = (config, [*arms["cmkd"][1], "train.targets=online"])
@@ -301,6 +301,7 @@ def directions(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+@functools.cache
 def store_sizes(name: str) -> dict[str, Any]:
     """KB/frame of the fields cmkd reads in a codec store, against raw fp32 and the recorded
     relative RMS codec error of each field."""

@@ -107,8 +107,6 @@ def array_plans(spec: FieldSpec) -> dict[str, ArrayPlan]:
     if kind == "bf16":
         attrs["bevkd_dtype"] = "bfloat16"
         return {"data": ArrayPlan("uint16", spec.shape, BF16_NAN, False, attrs)}
-    if len(spec.shape) < 2:
-        raise StoreError(f"field {spec.name!r}: codec {spec.codec} needs (C, ..., W) fields")
     channels = spec.shape[0]
     if kind == "uint8":
         return {
@@ -218,7 +216,7 @@ def decode(spec: FieldSpec, parts: dict[str, np.ndarray]) -> np.ndarray:
     if kind == "bf16":
         return bf16_bits_to_float32(data)
     if kind == "uint4":
-        return dequantize_u4(data, parts["scale"], parts["offset"], spec.shape[-1])
+        return dequantize_u8(unpack_u4(data, spec.shape[-1]), parts["scale"], parts["offset"])
     if kind == "pca":
         return pca_decode(parts, spec.shape)
     return dequantize_u8(data, parts["scale"], parts["offset"])
@@ -285,28 +283,29 @@ def quantize_u8(
 
 
 def _quantize_u8(
-    x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None
+    x: np.ndarray, extrema: tuple[np.ndarray, np.ndarray] | None, levels: int = U8_LEVELS
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """:func:`quantize_u8`, and the rounded codes as float32 ``(k, C, H*W)`` (a scratch
-    buffer the caller may overwrite)."""
+    """:func:`quantize_u8` (codes 0..``levels``, one a byte), and the rounded codes as float32
+    ``(k, C, H*W)`` (a scratch buffer the caller may overwrite)."""
     k, channels = x.shape[:2]
     flat = x.reshape(k, channels, int(np.prod(x.shape[2:])))
     lo, hi = extrema if extrema is not None else channel_extrema(x)
-    scale = ((hi - lo) / U8_LEVELS).astype(np.float32)
+    scale = ((hi - lo) / levels).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    codes = flat - lo[..., None]  # >= 0, and <= U8_LEVELS after the division and rounding
+    codes = flat - lo[..., None]  # >= 0, and <= levels after the division and rounding
     codes /= safe[..., None]
     np.rint(codes, out=codes)
     if not np.isfinite(scale).all():
         # NaN input: codes are meaningless; the NaN scale marks the frame and finalize fails.
-        np.clip(codes, 0, U8_LEVELS, out=codes)
+        np.clip(codes, 0, levels, out=codes)
         codes = np.nan_to_num(codes, nan=0.0)
     data = codes.astype(np.uint8).reshape(x.shape)
     return {"data": data, "scale": scale, "offset": lo.astype(np.float32)}, codes
 
 
 def dequantize_u8(data: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """``offset + scale * code``, per channel; one frame (C, H, W) or frames (k, C, H, W)."""
+    """``offset + scale * code``, per channel; one frame (C, H, W) or frames (k, C, H, W). The
+    codes are 8-bit, or 4-bit ones after :func:`unpack_u4`."""
     tail = (1,) * (data.ndim - scale.ndim)
     out = data.astype(np.float32)  # three simple passes beat one mixed-type multiply
     out *= scale.reshape(scale.shape + tail)
@@ -315,41 +314,24 @@ def dequantize_u8(data: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np
 
 
 def quantize_u4(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame, per-channel affine 4-bit codes of ``(k, C, ..., W)`` float32, two a byte
-    along W (even columns in the low nibble; an odd W is padded with code 0)."""
-    k, channels = x.shape[:2]
-    lo, hi = channel_extrema(x)
-    scale = ((hi - lo) / U4_LEVELS).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    flat = x.reshape(k, channels, -1) - lo[..., None]
-    flat /= safe[..., None]
-    np.rint(flat, out=flat)
-    np.clip(np.nan_to_num(flat, nan=0.0), 0, U4_LEVELS, out=flat)  # NaN: its scale is NaN
-    codes = flat.astype(np.uint8).reshape(x.shape)
+    """Per-frame, per-channel affine 4-bit codes of ``(k, C, ..., W)`` float32 (the uint8
+    quantizer at :data:`U4_LEVELS`), two a byte along W (even columns in the low nibble; an
+    odd W is padded with code 0)."""
+    parts, _ = _quantize_u8(x, None, U4_LEVELS)
+    codes = parts["data"]
     if x.shape[-1] % 2:
         codes = np.concatenate([codes, np.zeros((*x.shape[:-1], 1), np.uint8)], axis=-1)
-    data = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    return {"data": np.ascontiguousarray(data), "scale": scale, "offset": lo.astype(np.float32)}
+    parts["data"] = np.ascontiguousarray(codes[..., 0::2] | (codes[..., 1::2] << 4))
+    return parts
 
 
 def unpack_u4(data: np.ndarray, width: int) -> np.ndarray:
-    """The 4-bit codes (..., ``width``) as float32 from their packed bytes (..., ceil(w/2))."""
+    """The 4-bit codes (..., ``width``) from their packed bytes (..., ceil(width/2))."""
     data = np.asarray(data, dtype=np.uint8)
-    codes = np.empty((*data.shape[:-1], 2 * data.shape[-1]), np.float32)
+    codes = np.empty((*data.shape[:-1], 2 * data.shape[-1]), np.uint8)
     codes[..., 0::2] = data & 15
     codes[..., 1::2] = data >> 4
     return codes[..., :width]
-
-
-def dequantize_u4(
-    data: np.ndarray, scale: np.ndarray, offset: np.ndarray, width: int
-) -> np.ndarray:
-    """``offset + scale * code`` per channel of packed 4-bit codes; one frame or frames."""
-    out = unpack_u4(data, width)
-    tail = (1,) * (out.ndim - scale.ndim)
-    out *= scale.reshape(scale.shape + tail)
-    out += offset.reshape(offset.shape + tail)
-    return out
 
 
 def pca_encode(x: np.ndarray, rank: int) -> dict[str, np.ndarray]:
@@ -380,7 +362,7 @@ def pca_encode(x: np.ndarray, rank: int) -> dict[str, np.ndarray]:
 def pca_decode(parts: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`pca_encode` (one frame or frames): ``mean + basis @ components``."""
     basis, mean = parts["basis"], parts["mean"]
-    components = dequantize_u4(parts["data"], parts["scale"], parts["offset"], shape[-1])
+    components = dequantize_u8(unpack_u4(parts["data"], shape[-1]), parts["scale"], parts["offset"])
     flat = components.reshape(*components.shape[: basis.ndim - 1], -1)
     out = np.matmul(basis, flat) + mean[..., None]
     return out.reshape(*basis.shape[:-2], *shape).astype(np.float32, copy=False)
