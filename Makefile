@@ -54,7 +54,7 @@ train-student: setup  ## train a camera student (default: demo CMKD + unlabeled 
 kitti-results: setup  ## KITTI monocular CMKD: train vs train + Eigen-clean vs the GT baseline (docs/kitti.md)
 	$(BIN)/python benchmarks/kitti_results.py $(ARGS)
 
-results: setup  ## every recipe, +unlabeled, cached vs online, 3 seeds; store codec vs accuracy (docs/results.md)
+results: setup  ## every recipe, +unlabeled, cached vs online (5 seeds baseline/cmkd/codecs, 3 the rest; Welch + Holm verdicts); store codec vs accuracy (docs/results.md)
 	$(BIN)/python benchmarks/recipes.py $(ARGS)
 
 stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/results.md)

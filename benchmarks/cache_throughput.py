@@ -23,6 +23,9 @@ Shared machines drift by tens of percent within minutes, so it measures two ways
 Teachers come from the config's checkpoints (``make cache-teacher`` trains the demo ones);
 throughput does not depend on whether they are trained, so missing ones are built with random
 weights in a temp folder.
+
+Prints markdown tables and writes them, with the command line, date and machine, into the
+``cache-throughput`` block of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +46,9 @@ from bevkd.models.builders import build_teacher
 from bevkd.models.checkpoint import save_checkpoint
 from bevkd.pipeline.config import Config, load_config, to_dict, with_overrides
 from bevkd.stages import cache_teacher, teacher_runner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
 
 CHECKPOINT_KEYS = {
     "lidar": "lidar_checkpoint",
@@ -195,59 +203,74 @@ def main() -> None:
     )
     args = parser.parse_args()
     forward: list[float] = []
-    runs: dict[str, list[dict[str, float]]] = {"single": [], "dask": []}
+    runs: dict[str, list[dict[str, Any]]] = {"single": [], "dask": []}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         base = load_config(args.config, [f"cache.max_frames={args.frames}"])
         cfg = with_overrides(base, ensure_teachers(base, tmp))
         frames = cache_teacher.select_frames(cfg)
-        print(
-            f"teachers: {', '.join(cfg.cache.teachers)}; {len(frames)} frames; "
-            f"torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds"
+        setting = (
+            f"`{args.config}`: teachers {', '.join(cfg.cache.teachers)}; {len(frames)} frames; "
+            f"torch threads {torch.get_num_threads()}; {args.rounds} interleaved rounds."
         )
+        print(setting, flush=True)
         pairs = paired_shards(cfg, frames, tmp / "paired.zarr")
         cpu = cpu_per_frame(cfg, frames, tmp / "cpu.zarr", args.cpu_shards)
         for _ in range(args.rounds):
             forward.append(forward_only(cfg, frames))
             runs["single"].append(cache_rates(cfg, tmp / "single.zarr", ["cache.n_workers=0"]))
             runs["dask"].append(cache_rates(cfg, tmp / "dask.zarr", []))
+    lines = [setting, "", *report(pairs, cpu, args.cpu_shards, forward, runs)]
+    print("\n".join(lines))
+    write_performance("cache-throughput", lines)
+
+
+LABELS = {"single": "one process", "dask": "dask LocalCluster"}
+
+
+def report(pairs: list[tuple[int, float, float]], cpu: dict[str, float], cpu_shards: int,
+           forward: list[float], runs: dict[str, list[dict[str, Any]]]) -> list[str]:  # fmt: skip
+    """Markdown: the paired shards (forward alone against the shard task), the CPU cost per
+    frame and the bound it sets, and the whole runs per round with their medians."""
     n = sum(p[0] for p in pairs)
     alone, cached = sum(p[1] for p in pairs), sum(p[2] for p in pairs)
     per_shard = sorted(p[1] / p[2] for p in pairs)
-    print(
-        f"shard by shard, paired ({len(pairs)} shards, {n} frames): forward alone "
-        f"{n / alone:.2f} frames/s, cache-teacher shard tasks {n / cached:.2f} frames/s: "
-        f"{alone / cached:.3f}x (per shard: median {statistics.median(per_shard):.3f}, "
-        f"{per_shard[0]:.3f} to {per_shard[-1]:.3f})"
-    )
     work = cpu["load"] + cpu["write"]
-    print(
-        f"CPU per frame, torch on one thread ({args.cpu_shards} shards): load "
+    lines = [
+        f"- **Shard by shard, paired** ({len(pairs)} shards, {n} frames): forward alone "
+        f"{n / alone:.2f} frames/s, cache-teacher shard tasks {n / cached:.2f} frames/s: "
+        f"**{alone / cached:.3f}x** (per shard: median {statistics.median(per_shard):.3f}, "
+        f"{per_shard[0]:.3f} to {per_shard[-1]:.3f}).",
+        f"- **CPU per frame**, torch on one thread ({cpu_shards} shards): load "
         f"{cpu['load']:.1f} ms, forward {cpu['forward']:.1f} ms, encode and write "
         f"{cpu['write']:.1f} ms; with every core busy, caching reaches at most "
-        f"{cpu['forward'] / (cpu['forward'] + work):.3f}x the forward alone"
-    )
-    labels = {"single": "one process", "dask": "dask LocalCluster"}
-    print(
-        f"{'run':<24}{'forward only':>13}{'end to end':>12}{'shards':>9}{'in-run fwd':>12}"
-        f"{'shards/in-run':>15}{'shards/fwd only':>17}{'start-up s':>12}"
-    )
-    for key, label in labels.items():
+        f"**{cpu['forward'] / (cpu['forward'] + work):.3f}x** the forward alone.",
+        "",
+        "Whole runs, frames/s (round in brackets):",
+        "",
+    ]
+    rows = []
+    for key, label in LABELS.items():
         for i, r in enumerate(runs[key]):
-            print(
-                f"{label + f' [{i + 1}]':<24}{forward[i]:>13.2f}{r['total']:>12.2f}"
-                f"{r['shards']:>9.2f}{r['forward']:>12.2f}{r['shards'] / r['forward']:>15.2f}"
-                f"{r['shards'] / forward[i]:>17.2f}{r['startup']:>12.1f}"
-            )
-    for key, label in labels.items():
+            rows.append([f"{label} [{i + 1}]", f"{forward[i]:.2f}", f"{r['total']:.2f}",
+                         f"{r['shards']:.2f}", f"{r['forward']:.2f}",
+                         f"{r['shards'] / r['forward']:.2f}", f"{r['shards'] / forward[i]:.2f}",
+                         f"{r['startup']:.1f}"])  # fmt: skip
+    lines += table(["run", "forward only", "end to end", "shard phase", "in-run forward",
+                    "shards / in-run", "shards / forward only", "start-up + finalize s"], rows)  # fmt: skip
+    lines.append("")
+    for key, label in LABELS.items():
+        if not runs[key]:
+            continue
         paired = statistics.median(r["shards"] / r["forward"] for r in runs[key])
-        alone = statistics.median(r["shards"] / f for r, f in zip(runs[key], forward, strict=True))
+        only = statistics.median(r["shards"] / f for r, f in zip(runs[key], forward, strict=True))
         total = statistics.median(r["total"] / f for r, f in zip(runs[key], forward, strict=True))
-        print(
-            f"cache-teacher, {label}: shard phase {paired:.2f}x its own teachers' forward rate, "
-            f"{alone:.2f}x forward-only; end to end {total:.2f}x forward-only "
-            f"(medians of {len(forward)} rounds)"
+        lines.append(
+            f"- cache-teacher, {label}: shard phase {paired:.2f}x its own teachers' forward rate, "
+            f"{only:.2f}x forward-only; end to end {total:.2f}x forward-only "
+            f"(medians of {len(runs[key])} rounds)."
         )
+    return lines
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ split with augmentation on, batch size 1, at the config's image size and LiDAR s
 first batch (worker start-up, page cache) is timed separately from the steady rate.
 
     .venv/bin/python benchmarks/data_loading.py [--frames 60] [--sweeps 1] [--workers 0 2]
+
+Prints a markdown table and writes it, with the command line, date and machine, into the
+``data-loading`` block of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +24,9 @@ import torch
 from bevkd.datasets.dataset import build_dataset
 from bevkd.datasets.frame import collate
 from bevkd.pipeline.config import Config, DataConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
 
 
 def ensure_data(root: Path, preset: str) -> Path:
@@ -62,6 +69,16 @@ def measure(dataset: torch.utils.data.Dataset, workers: int) -> tuple[float, flo
     return first, rate, cpu_ms
 
 
+def report(setting: str, load: float, rows: list[tuple[int, float, float, float]]) -> list[str]:
+    """Markdown: what was loaded (``setting``), the load average before, and per DataLoader
+    worker count (seconds to the first batch, steady frames/s, CPU ms per frame)."""
+    lines = [f"{setting}; load average before: {load:.1f}.", ""]
+    return lines + table(
+        ["DataLoader workers", "first batch s", "frames/s", "CPU ms/frame"],
+        [[w, f"{first:.2f}", f"{rate:.1f}", f"{cpu:.1f}"] for w, first, rate, cpu in rows],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="work/bench_data")
@@ -77,16 +94,23 @@ def main() -> None:
     subset = torch.utils.data.Subset(dataset, range(min(args.frames, len(dataset))))
     frame = dataset.frames[0]
     sample = dataset[0]
-    print(
-        f"{len(dataset)} train frames; measuring {len(subset)}: {len(data.cameras)} cameras "
+    setting = (
+        f"{len(dataset)} train frames of `{root}`, measuring {len(subset)} (train augmentation, "
+        f"depth maps, batch 1): {len(data.cameras)} cameras "
         f"{frame.cameras[0].width}x{frame.cameras[0].height} -> {data.image_size[1]}x{data.image_size[0]}, "
         f"{len(sample.points)} points x {args.sweeps} sweep(s), torch threads {torch.get_num_threads()}"
-    )
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'workers':>8}{'first batch s':>15}{'frames/s':>10}{'CPU ms/frame':>14}")
+    )  # fmt: skip
+    load = os.getloadavg()[0]
+    print(setting, flush=True)
+    rows = []
     for workers in args.workers:
         first, rate, cpu_ms = measure(subset, workers)
-        print(f"{workers:>8}{first:>15.2f}{rate:>10.1f}{cpu_ms:>14.1f}", flush=True)
+        rows.append((workers, first, rate, cpu_ms))
+        print(f"{workers} workers: first batch {first:.2f} s, {rate:.1f} frames/s, "
+              f"{cpu_ms:.1f} CPU ms/frame", flush=True)  # fmt: skip
+    lines = report(setting, load, rows)
+    print("\n".join(lines))
+    write_performance("data-loading", lines)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,69 @@ Each arm is a real ``bevkd train-student`` run of ``configs/demo/student_<recipe
 :mod:`bevkd.stages.demo_students`): resumable, and an arm whose evaluation exists is not run
 again. ``--unlabeled`` adds the unlabelled sweeps (``student.unlabeled=true``). Needs the full
 demo store (``make cache-teacher``: LiDAR, fusion and label-encoder teachers). Prints a markdown
-table and writes it to ``work/demo/recipes/results[_unlabeled].md``.
+table, with each arm's optimizer steps and frames read from its own logs (the run ledger's
+record, :func:`bevkd.stages.run_ledger.from_log`), writes it to
+``work/demo/recipes/results[_unlabeled].md`` and, with the command line, date and machine, into
+the ``recipe-results[-unlabeled][-seed<n>]`` block of ``docs/performance.md``. One seed: the
+multi-seed table with its verdicts is ``make results`` (docs/results.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from bevkd.stages import run_ledger
 from bevkd.stages.demo_students import Arm, train_students
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
 
 RECIPES = ("baseline", "cmkd", "labeldistill", "simdistill", "focal")
 OUT = Path("work/demo")
+
+
+def log_counts(folder: Path) -> dict[str, Any]:
+    """An arm's optimizer steps and frames as its own logs say: the run record (run.json, or
+    the ledger for a run no longer on disk), else read from the run folder's logs now."""
+    found = run_ledger.find(folder)
+    entry = found[0] if found is not None else {}
+    if entry.get("steps") is None and entry.get("frames") is None:
+        entry = run_ledger.from_log(folder)
+    return {"steps": entry.get("steps"), "frames": entry.get("frames")}
+
+
+def frames_cell(frames: dict[str, int] | None) -> str:
+    if not frames:
+        return "-"
+    return f"{frames['labelled']} + {frames['unlabelled']}"
+
+
+def report(rows: dict[str, dict[str, Any]], counts: dict[str, dict[str, Any]], seed: int,
+           unlabeled: bool) -> list[str]:  # fmt: skip
+    """Markdown: per recipe mAP, NDS and car AP on val, and the optimizer steps and labelled +
+    unlabelled training frames its logs give ("-" where a log is missing)."""
+    sweeps = ", with the unlabelled sweeps" if unlabeled else ""
+    lines = [
+        f"Demo students, one seed ({seed}){sweeps}; nuScenes devkit on val. Steps and frames "
+        "from each run's own logs (`train_log.jsonl`, `train.out`). One seed is not a verdict: "
+        "`make results` (docs/results.md) runs the seeds and tests each direction.",
+        "",
+    ]
+    body = []
+    for name, m in rows.items():
+        got = counts.get(name, {})
+        steps = got.get("steps")
+        body.append([f"`{name}`", f"{m['mAP']:.3f}", f"{m['NDS']:.3f}",
+                     f"{m['class_ap']['car']:.3f}", "-" if steps is None else steps,
+                     frames_cell(got.get("frames"))])  # fmt: skip
+    return lines + table(
+        ["recipe", "mAP", "NDS", "car AP", "optimizer steps", "frames (labelled + unlabelled)"],
+        body,
+    )
 
 
 def main() -> None:
@@ -41,21 +91,15 @@ def main() -> None:
     extra = [f"train.seed={args.seed}"] + (["student.unlabeled=true"] if args.unlabeled else [])
     started = time.perf_counter()
     rows = train_students(OUT, args.store, args.data, args.parallel, arms, tuple(extra))
-    lines = [
-        f"Demo students, one seed ({args.seed}){', with the unlabelled sweeps' if args.unlabeled else ''}; "
-        "nuScenes devkit on val",
-        "",
-        "| recipe | mAP | NDS | car AP |",
-        "|---|---|---|---|",
-    ]
-    for name, m in rows.items():
-        lines.append(f"| {name} | {m['mAP']:.3f} | {m['NDS']:.3f} | {m['class_ap']['car']:.3f} |")
-    table = "\n".join(lines)
-    print(table)
+    counts = {arm.name: log_counts(OUT / arm.folder) for arm in arms}
+    lines = report(rows, counts, args.seed, args.unlabeled)
+    text = "\n".join(lines)
+    print(text)
     print(f"\n{time.perf_counter() - started:.0f} s")
     out = OUT / "recipes" / f"results{tail}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
+    out.write_text(text + "\n")
+    write_performance("recipe-results" + tail.replace("_", "-"), lines)
 
 
 if __name__ == "__main__":

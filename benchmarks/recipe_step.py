@@ -10,7 +10,9 @@ backward, clipping and the optimizer step (:func:`student_step.time_steps`). Rec
 interleaved in rounds, the order rotating every round, so drift on a shared machine hits them
 alike; each round gives every recipe a median step time and a ratio to the baseline's. Prints
 the median over rounds of each, and the peak memory of a measured run (CUDA
-``max_memory_allocated``, or this process's RSS growth on CPU).
+``max_memory_allocated``, or this process's RSS growth on CPU). Prints a markdown table and
+writes it, with the command line, date and machine, into the ``recipe-step`` block of
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
 from student_step import PeakMemory, batch_keys, time_steps
 
 from bevkd.pipeline.config import load_config
@@ -61,8 +64,12 @@ def main() -> None:
         runs[name] = (cfg, objective, optimizer, scaler, batches)
         fields = ", ".join(sorted(objective.recipe.expects)) or "none"
         print(f"{name:13s} {cfg.model.kind:10s} fields: {fields}")
-    print(f"device {device}; torch threads {torch.get_num_threads()}; batch {cfg.train.batch_size}; "
-          f"{args.steps} steps after {args.warmup}, {args.rounds} rounds")  # fmt: skip
+    setting = (
+        f"device {device}; torch threads {torch.get_num_threads()}; batch {cfg.train.batch_size}; "
+        f"{args.steps} steps after {args.warmup}, {args.rounds} rounds; the demo configs "
+        f"`configs/demo/student_<recipe>.yaml`{' with ' + ' '.join(args.set) if args.set else ''}."
+    )
+    print(setting)
     memory = PeakMemory(device)
     step: dict[str, list[float]] = {n: [] for n in runs}
     peak: dict[str, float] = {}
@@ -76,19 +83,30 @@ def main() -> None:
             total = [f + b for f, b in zip(times["forward"], times["backward"], strict=True)]
             step[name].append(statistics.median(total))
         print(f"round {round_ + 1}: {time.perf_counter() - started:.0f} s")
+    read = {name: ", ".join(f"`{f}`" for f in sorted(runs[name][1].recipe.expects)) or "none"
+            for name in runs}  # fmt: skip
+    lines = [setting, "", *report(step, peak, read, memory.what)]
+    print("\n".join(lines))
+    write_performance("recipe-step", lines)
+
+
+def report(step: dict[str, list[float]], peak: dict[str, float], fields: dict[str, str],
+           what: str) -> list[str]:  # fmt: skip
+    """Markdown: per recipe the store fields it reads, its step (median over rounds of each
+    round's median, in ms), the median over rounds of its ratio to the baseline's step in the
+    same round, and the peak memory of a measured run."""
     base = step.get("baseline")
-    print(
-        f"\n{'recipe':13s} {'step ms (median of rounds)':>28s} {'x baseline':>11s} {'peak MiB':>9s}"
-    )
+    rows = []
     for name, values in step.items():
         ratio = (
             statistics.median(v / b for v, b in zip(values, base, strict=True))
             if base
             else float("nan")
         )
-        print(
-            f"{name:13s} {1000 * statistics.median(values):28.0f} {ratio:11.2f} {peak[name]:9.0f}"
-        )
+        rows.append([f"`{name}`", fields.get(name, "-"), f"{1000 * statistics.median(values):.0f}",
+                     f"{ratio:.2f}", f"{peak[name]:.0f}"])  # fmt: skip
+    return table(["recipe", "store fields read", "step ms (median of rounds)", "x baseline",
+                  f"peak MiB ({what})"], rows)  # fmt: skip
 
 
 if __name__ == "__main__":

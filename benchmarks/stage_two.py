@@ -15,34 +15,45 @@ Cases:
   stage, down to the same 0.8 m BEV grid. Its weights are seeded random (a forward costs the
   same trained or not); its store (the demo's train frames) is cached here on first use.
 
-Each (case, path, round) runs in its own process, so peak memory is that process's alone:
-on CUDA ``torch.cuda.max_memory_allocated`` over the run, on CPU the process's peak resident
-set (Linux VmHWM) at the end, teachers, store reader and all (DataLoader workers are separate
-processes and not counted; the online path's extra loading happens in them). On CPU a process
-holds ~0.9 GiB before its first step (torch, the student, its optimizer, the teachers' weights),
-so the table also gives the peak the measured steps add above the process's resident set when
-they start (``student_step.PeakMemory``): the activations, the part a GPU's memory is sized by. A step is what
-:func:`bevkd.stages.loop.fit` does: the next batch from a DataLoader with the config's
-workers (the wait for it), the forward with the recipe's loss (online: the teachers first),
-backward, clipping, the optimizer step; median (min-max) over ``--steps`` after
-``--warmup``. Paths alternate within each round (the order flipping every round) so drift on a
-shared machine hits both alike. Results are kept in ``work/bench/stage_two/runs.json``: a
-rerun measures only what is missing (``--fresh`` starts over). Prints per case the two step
-times, samples/s, peak memory, the ratios against the goals (cached >= 1.5x faster, <= 0.6x
-the peak memory of online) and the teachers' share of the online step; writes the same table
-into ``docs/results.md``. Then, with the trained demo teachers, how far the two paths' targets are
-apart on the same frames (:func:`agreement`): with no augmentation, the codec's error; with the
-configs' augmentation, also the teacher's own lack of equivariance.
+Each (case, path, round) runs in its own process, so its memory is that process's and its
+DataLoader workers' alone. **Peak, measured steps**: the peak over the measured steps, after a
+reset at the first of them (on CUDA ``torch.cuda.max_memory_allocated``, on CPU the resident
+set's high-water mark, Linux VmHWM reset through ``/proc/self/clear_refs``; where that reset is
+not available, the lifetime ``ru_maxrss``): teachers, store reader and all that is resident
+then. **Lifetime peak**: the process's peak from its start, the build included (the larger of
+the peak before that reset and the one after). **Workers**: the DataLoader worker processes
+(where the online path loads its teachers' inputs), summed at the end of the measured steps:
+their private memory (pages no other process shares: what they add to the main process, a lower
+bound) and their peak RSS (VmHWM, which counts the pages a forked worker shares with the main
+process once per worker: an upper bound). On CPU a process holds ~0.9 GiB before its first step
+(torch, the student, its optimizer, the teachers' weights), so the table also gives the peak the
+measured steps add above the process's resident set when they start
+(``student_step.PeakMemory``): the activations, the part a GPU's memory is sized by. The
+cached/online memory ratio compares the measured-steps peak plus the workers' private memory on
+CPU, and CUDA allocations on CUDA (the workers' host memory given beside). A step is what
+:func:`bevkd.stages.loop.fit` does: the next batch from a DataLoader with the config's workers
+(the wait for it), the forward with the recipe's loss (online: the teachers first), backward,
+clipping, the optimizer step; median (min-max) over ``--steps`` after ``--warmup``. Paths
+alternate within each round (the order flipping every round) so drift on a shared machine hits
+both alike. Results are kept in ``work/bench/stage_two/runs.json``: a rerun measures only what
+is missing (``--fresh`` starts over). Prints per case the two step times, samples/s, peak
+memory, the ratios against the goals (cached >= 1.5x faster, <= 0.6x the peak memory of online)
+and the teachers' share of the online step; writes the same table into ``docs/results.md``.
+Then, with the trained demo teachers, how far the two paths' targets are apart on the same
+frames (:func:`agreement`): with no augmentation, the codec's error; with the configs'
+augmentation, also the teacher's own lack of equivariance.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +95,81 @@ CASES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------
 # One measured run (a child process)
 # ------------------------------------------------------------------------------------------
+
+
+class LifetimePeak:
+    """``student_step.PeakMemory`` (which ``time_steps`` resets at the first measured step and
+    reads at the end), keeping the peak from before that reset: the process's lifetime peak."""
+
+    def __init__(self, memory: Any) -> None:
+        self.memory, self.before = memory, 0
+        self.what = memory.what
+
+    def peak_bytes(self) -> int:
+        """The peak since the last reset (CUDA allocations, or the resident set)."""
+        if self.memory.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.memory.device))
+        return int(self.memory._rss_peak())
+
+    def start(self) -> None:
+        self.before = self.peak_bytes()
+        self.memory.start()
+
+    def peak_mib(self) -> float:
+        return float(self.memory.peak_mib())
+
+    def lifetime_mib(self) -> float:
+        return max(self.before, self.peak_bytes()) / 2**20
+
+    def label(self) -> str:
+        if self.memory.device.type == "cuda":
+            return "CUDA max_memory_allocated"
+        if self.memory.hwm:
+            return "process peak RSS (VmHWM)"
+        return "process peak RSS (lifetime ru_maxrss: no VmHWM reset here)"
+
+
+def process_memory(pid: int, proc: Path = Path("/proc")) -> dict[str, int]:
+    """Bytes of process ``pid``: ``VmHWM`` (peak resident set) and ``VmRSS`` from its
+    ``status``; ``Pss`` and ``Private`` (Private_Clean + Private_Dirty) from its
+    ``smaps_rollup``. A field the kernel does not give is 0."""
+    out = dict.fromkeys(("VmHWM", "VmRSS", "Pss", "Private"), 0)
+    status = (proc / str(pid) / "status").read_text()
+    for key in ("VmHWM", "VmRSS"):
+        if found := re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE):
+            out[key] = int(found.group(1)) * 1024
+    rollup = proc / str(pid) / "smaps_rollup"
+    if rollup.is_file():
+        text = rollup.read_text()
+        for key in ("Pss", "Private_Clean", "Private_Dirty"):
+            if found := re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE):
+                out["Private" if key.startswith("Private") else key] += int(found.group(1)) * 1024
+    return out
+
+
+def workers_memory(pids: Iterable[int], proc: Path = Path("/proc")) -> dict[str, float]:
+    """The DataLoader workers' memory in MiB, summed over ``pids``: ``count`` (those read; a
+    worker that has exited is skipped), ``private`` (what they add to the main process: a lower
+    bound), ``pss``, ``rss`` and ``peak_rss`` (VmHWM: counts pages shared with the main process
+    once per worker, an upper bound)."""
+    total = {"count": 0.0, "private": 0.0, "pss": 0.0, "rss": 0.0, "peak_rss": 0.0}
+    for pid in pids:
+        try:
+            got = process_memory(pid, proc)
+        except FileNotFoundError:
+            continue
+        total["count"] += 1
+        for key, field in (("private", "Private"), ("pss", "Pss"), ("rss", "VmRSS"),
+                           ("peak_rss", "VmHWM")):  # fmt: skip
+            total[key] += got[field] / 2**20
+    return total
+
+
+def worker_pids() -> list[int]:
+    """This process's children: in a measuring process, its DataLoader workers alone."""
+    import psutil
+
+    return [child.pid for child in psutil.Process().children(recursive=True)]
 
 
 def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict[str, Any]:
@@ -129,17 +215,14 @@ def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict
     workers = {"num_workers": cfg.train.num_workers, **worker_context(cfg.student.store)}
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=dataset.collate,
                                          pin_memory=device.type == "cuda", **workers)  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    memory = PeakMemory(device)
-    times, growth = time_steps(objective, optimizer, scaler, iter(loader), cfg, device, warmup,
+    memory = LifetimePeak(PeakMemory(device))  # reset at the first measured step
+    batches = iter(loader)  # held until the workers are measured
+    times, growth = time_steps(objective, optimizer, scaler, batches, cfg, device, warmup,
                                steps, memory)  # fmt: skip
+    workers_mib = workers_memory(worker_pids())
+    del batches
     step = [w + f + b for w, f, b in zip(times["wait"], times["forward"], times["backward"], strict=True)]  # fmt: skip
-    peak = (
-        torch.cuda.max_memory_allocated(device) / 2**20
-        if device.type == "cuda"
-        else (PeakMemory._vm("VmHWM") or 0) / 2**20
-    )
+    peak = memory.peak_bytes() / 2**20
     teachers = ""
     if objective.online is not None and isinstance(dataset, online_teacher.TeacherViews):
         teachers = online_teacher.describe(run_teachers, dataset)  # type: ignore[possibly-undefined]
@@ -147,8 +230,8 @@ def measure(case: str, path: str, steps: int, warmup: int, threads: int) -> dict
         "case": case, "path": path, "device": str(device), "threads": torch.get_num_threads(),
         "batch_size": cfg.train.batch_size, "workers": cfg.train.num_workers,
         "step": step, "wait": times["wait"], "teacher": teacher_seconds[warmup:],
-        "peak_mib": peak, "memory": "CUDA max_memory_allocated" if device.type == "cuda" else "process peak RSS (VmHWM)",
-        "growth_mib": growth, "growth": memory.what,
+        "peak_mib": peak, "memory": memory.label(), "lifetime_peak_mib": memory.lifetime_mib(),
+        "workers_mib": workers_mib, "growth_mib": growth, "growth": memory.what,
         "teachers": teachers,
     }  # fmt: skip
 
@@ -254,10 +337,32 @@ def median_range(values: list[float], scale: float = 1000.0) -> str:
     return f"{statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})"
 
 
+def memory_mib(item: dict[str, Any]) -> float:
+    """What the cached/online memory ratio compares for one run: on CPU the peak over the
+    measured steps plus the workers' private memory; on CUDA the CUDA peak (host memory apart)."""
+    workers = item.get("workers_mib") or {}
+    if item["device"].startswith("cuda"):
+        return float(item["peak_mib"])
+    return float(item["peak_mib"]) + float(workers.get("private", 0.0))
+
+
+def workers_cell(items: list[dict[str, Any]]) -> str:
+    """The workers' private / peak-RSS MiB (largest over the rounds), their count; "-" for runs
+    measured before workers were."""
+    got = [item["workers_mib"] for item in items if item.get("workers_mib")]
+    if not got:
+        return "-"
+    count = max(int(w["count"]) for w in got)
+    private, peak = max(w["private"] for w in got), max(w["peak_rss"] for w in got)
+    return f"{private:.0f} / {peak:.0f} ({count})"
+
+
 def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
     lines = [
-        "| case (teacher) | path | step ms, median (min-max) | samples/s | data wait | teachers ms/step | peak MiB | step peak growth MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case (teacher) | path | step ms, median (min-max) | samples/s | data wait | teachers ms/step "
+        "| peak MiB, measured steps | lifetime peak MiB | workers MiB, private / peak RSS (n) "
+        "| step peak growth MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for case in cases:
@@ -271,6 +376,7 @@ def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
             waits = [w for item in items for w in item["wait"]]
             teacher = [t for item in items for t in item["teacher"]]
             peak = max(item["peak_mib"] for item in items)
+            lifetime = [item["lifetime_peak_mib"] for item in items if "lifetime_peak_mib" in item]
             growth = max(item.get("growth_mib", float("nan")) for item in items)
             batch = items[0]["batch_size"]
             median = statistics.median(steps)
@@ -282,25 +388,42 @@ def report(runs: dict[str, Any], cases: list[str], rounds: int) -> list[str]:
             lines.append(
                 f"| {case} ({CASES[case]['teacher']}) | {path} | {median_range(steps)} | "
                 f"{batch / median:.2f} | {100 * sum(waits) / sum(steps):.0f}% | "
-                f"{median_range(teacher) if teacher else '-'} | {peak:.0f} | {growth:.0f} |"
+                f"{median_range(teacher) if teacher else '-'} | {peak:.0f} | "
+                f"{f'{max(lifetime):.0f}' if lifetime else '-'} | {workers_cell(items)} | {growth:.0f} |"
             )  # fmt: skip
         # per-round ratios: each round ran both paths back to back
-        speed = [statistics.median(o["step"]) / statistics.median(c["step"])
-                 for c, o in zip(got["cached"], got["online"], strict=False)]  # fmt: skip
-        memory = [c["peak_mib"] / o["peak_mib"] for c, o in zip(got["cached"], got["online"], strict=False)]  # fmt: skip
-        grown = [c.get("growth_mib", 0) / max(o.get("growth_mib", 0), 1e-9)
-                 for c, o in zip(got["cached"], got["online"], strict=False)]  # fmt: skip
+        pairs = list(zip(got["cached"], got["online"], strict=False))
+        speed = [statistics.median(o["step"]) / statistics.median(c["step"]) for c, o in pairs]
+        memory = [memory_mib(c) / memory_mib(o) for c, o in pairs]
+        grown = [c.get("growth_mib", 0) / max(o.get("growth_mib", 0), 1e-9) for c, o in pairs]
         share = stats["online"]["teacher"] / stats["online"]["median"]
         s, m = statistics.median(speed), statistics.median(memory)
+        counted = ("CUDA allocations" if got["cached"][0]["device"].startswith("cuda")
+                   else "process over the measured steps + workers' private memory")  # fmt: skip
         summary.append(
             f"- **{case}**: cached is **{s:.2f}x** faster a step (per round "
             f"{', '.join(f'{x:.2f}' for x in speed)}; goal >= 1.5x: {'met' if s >= 1.5 else 'not met'}) "
-            f"and uses **{m:.2f}x** the peak memory of online ({', '.join(f'{x:.2f}' for x in memory)}; "
-            f"goal <= 0.6x: {'met' if m <= 0.6 else 'not met'}); the memory the steps add on top "
-            f"of the built process: **{statistics.median(grown):.2f}x** of online's; the teachers "
-            f"are {100 * share:.0f}% of the online step."
-        )
+            f"and uses **{m:.2f}x** the peak memory of online ({counted}; per round "
+            f"{', '.join(f'{x:.2f}' for x in memory)}; goal <= 0.6x: {'met' if m <= 0.6 else 'not met'}); "
+            f"the memory the steps add on top of the built process: **{statistics.median(grown):.2f}x** "
+            f"of online's; the teachers are {100 * share:.0f}% of the online step."
+        )  # fmt: skip
     return [*lines, "", *summary]
+
+
+def header(first: dict[str, Any], steps: int, warmup: int, rounds: int) -> str:
+    """The block's first paragraph: the machine, the protocol, and what the memory columns
+    count."""
+    return (
+        f"Device {first['device']}, torch threads {first['threads']}, DataLoader workers per the "
+        f"configs ({first['workers']}), {steps} measured steps after {warmup} in each of "
+        f"{rounds} rounds per path. Memory, each run's own process: {first['memory']}, the peak "
+        'over the measured steps after a reset at the first of them ("measured steps"), and '
+        "the process's lifetime peak, its build included; the DataLoader workers (separate "
+        "processes, where the online path loads its teachers' inputs), summed at the end of the "
+        "measured steps: their private memory (what they add; a lower bound) and their peak RSS "
+        "(pages shared with the main process counted once per worker; an upper bound)."
+    )
 
 
 def agreement_lines(agree: dict[str, Any], frames: int) -> list[str]:
@@ -331,6 +454,12 @@ def agreement_lines(agree: dict[str, Any], frames: int) -> list[str]:
             m, t = item["boxes"]
             lines.append(f"| {case} | {label} | {fields} | {m}/{t} |")
     return lines
+
+
+def block(head: str, lines: list[str]) -> str:
+    """The ``stage-two`` block of docs/results.md."""
+    title = "## Cached vs online teacher (generated by benchmarks/stage_two.py)"
+    return "\n".join([title, "", head, "", *lines]) + "\n"
 
 
 def main() -> None:
@@ -391,26 +520,12 @@ def main() -> None:
     first = next(iter(runs.values()), None)
     if first is None:
         sys.exit("no runs yet")
-    header = (
-        f"Device {first['device']}, torch threads {first['threads']}, DataLoader workers per the "
-        f"configs ({first['workers']}), {args.steps} measured steps after {args.warmup} in each of "
-        f"{args.rounds} rounds per path; memory: {first['memory']} of each run's own process."
-    )
     lines = report(runs, args.cases, args.rounds) + agreement_lines(agree, args.agreement_frames)
-    print(header)
-    print("\n".join(lines))
+    text = block(header(first, args.steps, args.warmup, args.rounds), lines)
+    print(text)
     from few_labels import write_block
 
-    text = "\n".join(
-        [
-            "## Cached vs online teacher (generated by benchmarks/stage_two.py)",
-            "",
-            header,
-            "",
-            *lines,
-        ]
-    )
-    write_block(Path("docs/results.md"), "stage-two", text + "\n")
+    write_block(Path("docs/results.md"), "stage-two", text)
 
 
 if __name__ == "__main__":

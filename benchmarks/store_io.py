@@ -11,6 +11,11 @@ default codecs: random-order reads (frames/s) with 0 and 2 DataLoader workers, w
 cache) and cold (files evicted with posix_fadvise), against the same decoded bytes stored
 as one .npy per field per frame, read in the same run. Targets: defaults >= 8x smaller
 than fp32; random reads >= 50% of the raw .npy rate.
+
+Then, for every finished store of ``--stores`` (default: the demo stores, where they exist),
+what ``bevkd store info`` records for it: each field's codec, KB/frame on disk, ratio vs fp32
+and measured error, on the real teachers' outputs. Prints markdown tables and writes them, with
+the command line, date and machine, into the ``store-io`` block of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +43,9 @@ from bevkd.storage.testing import (
 )
 from bevkd.storage.writer import StoreWriter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
+
 CODECS = ("fp32", "fp16", "bf16", "bitround-10", "uint8", "default")
 SIZES = {
     "demo 64x64 (BEV 128ch)": dict(
@@ -46,6 +56,7 @@ SIZES = {
     ),
 }
 SHARD = 8
+DEMO_STORES = ("work/demo/teacher_lidar.zarr", "work/demo/teacher.zarr")
 
 
 def _contract(size: dict, codec: str):
@@ -80,15 +91,14 @@ def write(url: str, contract, frames: list) -> float:
     return spent
 
 
-def codec_table(name: str, size: dict, n: int, workdir: Path) -> str:
-    """Write one store per codec; print sizes and errors; return the default store's URL."""
+def codec_rows(name: str, size: dict, n: int, workdir: Path) -> tuple[list[dict[str, Any]], str]:
+    """Write one store per codec; return one row per (codec, field), with a ``TOTAL`` row per
+    codec (KB/frame, ratio vs fp32, write MB/s of fp32 input and frames/s), and the default
+    store's URL."""
     contract = _contract(size, "default")
     frames = [synthetic_frame(contract, i) for i in range(n)]
     fp32_bytes = sum(int(np.prod(s.shape)) * 4 for s in contract.fields if s.kind != "boxes")
-    print(f"\n== {name}: {fp32_bytes / 1e6:.2f} MB/frame of fp32 teacher fields, {n} frames ==")
-    print(
-        f"{'codec':<12} {'field':<11} {'KB/frame':>9} {'vs fp32':>8} {'max err':>9} {'rel rms':>8} {'max/|max|':>9}"
-    )
+    rows: list[dict[str, Any]] = []
     default_url = ""
     for codec in CODECS:
         url = str(workdir / f"{name.split()[0]}_{codec}.zarr")
@@ -100,13 +110,43 @@ def codec_table(name: str, size: dict, n: int, workdir: Path) -> str:
                 continue
             got, err = store.attrs["stored"][spec.name], store.attrs["codec_error"][spec.name]
             total += got["bytes_per_frame"]
-            print(f"{codec:<12} {spec.name:<11} {got['bytes_per_frame'] / 1024:>9.1f} {got['ratio_vs_fp32']:>7.1f}x "
-                  f"{err['max_abs']:>9.2e} {err['rel_rms']:>8.1e} {err['max_rel']:>9.1e}")  # fmt: skip
-        print(f"{codec:<12} {'TOTAL':<11} {total / 1024:>9.1f} {fp32_bytes / total:>7.1f}x   "
-              f"write {fp32_bytes * n / 1e6 / seconds:.0f} MB/s ({n / seconds:.1f} frames/s)")  # fmt: skip
+            rows.append({"codec": codec, "field": spec.name, "kb": got["bytes_per_frame"] / 1024,
+                         "ratio": got["ratio_vs_fp32"], "max_abs": err["max_abs"],
+                         "rel_rms": err["rel_rms"], "max_rel": err["max_rel"]})  # fmt: skip
+        rows.append({"codec": codec, "field": "TOTAL", "kb": total / 1024,
+                     "ratio": fp32_bytes / total, "fp32_mb": fp32_bytes / 1e6, "frames": n,
+                     "write_mb_s": fp32_bytes * n / 1e6 / seconds, "frames_s": n / seconds})  # fmt: skip
         if codec == "default":
             default_url = url
-    return default_url
+    return rows, default_url
+
+
+def codec_lines(name: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: per codec the totals (size, ratio, the BEV feature's error, write speed), then
+    every field."""
+    totals = [r for r in rows if r["field"] == "TOTAL"]
+    fields = [r for r in rows if r["field"] != "TOTAL"]
+    bev = {r["codec"]: r for r in fields if r["field"] == "lidar_bev"}
+    first = totals[0]
+    lines = [f"### {name}: {first['fp32_mb']:.2f} MB/frame of fp32 teacher fields, "
+             f"{first['frames']} frames", ""]  # fmt: skip
+    lines += table(
+        ["codec", "KB/frame", "vs fp32", "lidar_bev rel. RMS error", "write MB/s (fp32 input)",
+         "write frames/s"],
+        [[t["codec"], f"{t['kb']:.1f}", f"{t['ratio']:.1f}x",
+          f"{bev[t['codec']]['rel_rms']:.1e}" if t["codec"] in bev else "-",
+          f"{t['write_mb_s']:.0f}", f"{t['frames_s']:.1f}"] for t in totals],
+    )  # fmt: skip
+    if (default := next((t for t in totals if t["codec"] == "default"), None)) is not None:
+        met = "met" if default["ratio"] >= 8 else "NOT met"
+        lines += ["", f"Default codecs: {default['ratio']:.1f}x smaller than fp32 (goal >= 8x: {met})."]  # fmt: skip
+    lines += ["", "Per field:", ""]
+    lines += table(
+        ["codec", "field", "KB/frame", "vs fp32", "max abs error", "rel. RMS error", "max error / largest value"],
+        [[r["codec"], r["field"], f"{r['kb']:.1f}", f"{r['ratio']:.1f}x", f"{r['max_abs']:.2e}",
+          f"{r['rel_rms']:.1e}", f"{r['max_rel']:.1e}"] for r in fields],
+    )  # fmt: skip
+    return lines
 
 
 class NpyFrames(torch.utils.data.Dataset):
@@ -145,7 +185,11 @@ def _rate(dataset: torch.utils.data.Dataset, workers: int, epochs: int) -> float
     return count / (time.perf_counter() - start)
 
 
-def read_table(url: str, n: int, workdir: Path, epochs: int) -> None:
+def read_rates(
+    url: str, n: int, workdir: Path, epochs: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Random-order reads of the store at ``url`` and of the same decoded bytes as .npy files:
+    the fields read, and one row per (workers, page cache) with both rates in frames/s."""
     store = open_store(url)
     names = [s.name for s in store.contract.fields if s.kind != "boxes"]
     raw = workdir / "raw_npy"
@@ -154,8 +198,7 @@ def read_table(url: str, n: int, workdir: Path, epochs: int) -> None:
     for i in range(n):
         for k, v in store.read_frame(i, names).items():
             np.save(raw / f"{i:05d}_{k}.npy", v)
-    print(f"random-order reads of {n} frames ({', '.join(names)}), frames/s:")
-    print(f"{'workers':>7} {'cache':<5} {'store':>8} {'raw .npy':>9} {'store/raw':>9}")
+    rows = []
     for workers in (0, 2):
         for cache in ("warm", "cold"):
             rates = []
@@ -168,9 +211,62 @@ def read_table(url: str, n: int, workdir: Path, epochs: int) -> None:
                 else:
                     _rate(dataset, 0, 1)  # fill the page cache
                 rates.append(_rate(dataset, workers, 1 if cache == "cold" else epochs))
-            print(
-                f"{workers:>7} {cache:<5} {rates[0]:>8.1f} {rates[1]:>9.1f} {rates[0] / rates[1]:>8.0%}"
-            )
+            rows.append({"workers": workers, "cache": cache, "store": rates[0], "raw": rates[1]})
+    return names, rows
+
+
+def read_lines(n: int, names: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: the read rates, store against raw .npy (goal: >= 50% of raw)."""
+    lines = [f"Random-order reads of {n} frames of the default store ({', '.join(names)}), "
+             "frames/s, against the same decoded bytes as one .npy per field per frame "
+             "(cold: the files' pages evicted first; goal: store >= 50% of raw):", ""]  # fmt: skip
+    return lines + table(
+        ["DataLoader workers", "page cache", "store", "raw .npy", "store / raw"],
+        [[r["workers"], r["cache"], f"{r['store']:.1f}", f"{r['raw']:.1f}",
+          f"{r['store'] / r['raw']:.0%}"] for r in rows],
+    )  # fmt: skip
+
+
+def store_lines(url: str) -> list[str]:
+    """Markdown: what ``bevkd store info`` records for the finished store at ``url``: per field
+    its codec, KB/frame on disk, ratio vs fp32 and measured error, and the totals."""
+    from bevkd.storage.info import field_sizes
+
+    store = open_store(url)
+    sizes, errors = field_sizes(store), store.attrs.get("codec_error", {})
+    rows, stored, raw = [], 0.0, 0.0
+    for spec in store.contract.fields:
+        size, err = sizes.get(spec.name, {}), errors.get(spec.name) or {}
+        per_frame, ratio = size.get("bytes_per_frame", 0.0), size.get("ratio_vs_fp32")
+        stored += per_frame
+        raw += per_frame * ratio if ratio else 0.0
+        rows.append([f"`{spec.name}`", spec.codec, "x".join(map(str, spec.shape)),
+                     f"{per_frame / 1024:.1f}", f"{ratio:.1f}x" if ratio else "-",
+                     f"{err['max_abs']:.3g}" if err else "-",
+                     f"{err['rel_rms']:.2g}" if err else "-"])  # fmt: skip
+    total = sum(s.get("bytes", 0) for s in sizes.values())
+    lines = [f"`{url}` ({store.num_frames} frames; `bevkd store info {url}`):", ""]
+    lines += table(["field", "codec", "shape", "KB/frame", "vs fp32", "max abs error", "rel. RMS error"], rows)  # fmt: skip
+    ratio_text = f", {raw / stored:.1f}x smaller than fp32" if stored and raw else ""
+    lines += ["", f"All fields: {stored / 1024:.0f} KB/frame{ratio_text}; {total / 1e6:.1f} MB "
+              "of field data on disk."]  # fmt: skip
+    return lines
+
+
+def real_stores(urls: list[str]) -> list[str]:
+    """:func:`store_lines` of every finished store of ``urls``; the others are named."""
+    from bevkd.storage.schema import StoreError
+
+    lines: list[str] = []
+    for url in urls:
+        try:
+            finished = open_store(url).finalized
+        except (StoreError, OSError, FileNotFoundError):
+            finished = False
+        lines += ["", *(store_lines(url) if finished else [f"`{url}`: no finished store here."])]
+    if lines:
+        lines = ["", "### Stores of trained teachers", *lines]
+    return lines
 
 
 def main() -> None:
@@ -182,19 +278,31 @@ def main() -> None:
     parser.add_argument(
         "--workdir", default="", help="where to write the stores (default: a temp dir)"
     )
+    parser.add_argument("--stores", nargs="*", default=list(DEMO_STORES),
+                        help="finished stores whose recorded sizes and errors to report")  # fmt: skip
     args = parser.parse_args()
     n = args.frames or (16 if args.quick else 32)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bevkd_store_io_"))
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    lines: list[str] = [
+        "Synthetic teacher-like fields (`bevkd.storage.testing`), one store per codec."
+    ]
     try:
         for name, size in list(SIZES.items())[: 1 if args.quick else None]:
             frames = n if name.startswith("demo") else max(n // 2, SHARD)
-            url = codec_table(name, size, frames, workdir)
-            read_table(url, frames, workdir, epochs=2 if args.quick else 3)
+            rows, url = codec_rows(name, size, frames, workdir)
+            part = ["", *codec_lines(name, rows), ""]
+            names, rates = read_rates(url, frames, workdir, epochs=2 if args.quick else 3)
+            part += read_lines(frames, names, rates)
+            print("\n".join(part), flush=True)
+            lines += part
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    stores = real_stores(args.stores)
+    print("\n".join(stores))
+    write_performance("store-io", [*lines, *stores])
 
 
 if __name__ == "__main__":

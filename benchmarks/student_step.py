@@ -20,7 +20,9 @@ fraction of the step (goal: under 5%); a high wait fraction means the workers ca
 ``torch.cuda.max_memory_allocated`` (reset before the measured steps); on CPU this process's
 peak RSS above its RSS when the measured steps start (Linux VmHWM, reset through
 ``/proc/self/clear_refs``; elsewhere the lifetime ``ru_maxrss``, which shows growth only past
-an earlier peak). DataLoader workers' memory is not in it.
+an earlier peak). DataLoader workers' memory is not in it. Prints markdown tables and writes
+them, with the command line, date and machine, into the ``student-step`` block of
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from bevkd.datasets.student_batch import StudentBatch
 from bevkd.pipeline.config import Config, load_config
 from bevkd.pipeline.distributed import setup_distributed
 from bevkd.stages.train_student import StudentObjective, build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf_report import table, write_performance
 
 DEMO_DEFAULTS = ["model.kind=camera", "student.recipe=cmkd"]
 PHASES = ("wait", "forward", "backward")
@@ -187,12 +192,14 @@ def main() -> None:
         for b in in_ram
         for t in [b.images, b.depth, *b.targets.fields.values()]
     )
-    print(
-        f"recipe {cfg.student.recipe}, store {cfg.student.store} (fields "
-        f"{', '.join(sorted(objective.recipe.expects)) or 'none'}); {len(dataset)} frames; "
-        f"batch {batch_size}; device {device}, AMP {cfg.train.amp and device.type == 'cuda'}; "
-        f"torch threads {torch.get_num_threads()}; {workers} loader workers"
-    )
+    cams = f"{len(cfg.data.cameras)} cameras {cfg.data.image_size[1]}x{cfg.data.image_size[0]}"
+    setting = (
+        f"`{args.config}`: recipe {cfg.student.recipe}, store `{cfg.student.store}` (fields "
+        f"{', '.join(sorted(objective.recipe.expects)) or 'none'}); {len(dataset)} frames, "
+        f"{cams}; batch {batch_size}; device {device}, AMP {cfg.train.amp and device.type == 'cuda'}; "
+        f"torch threads {torch.get_num_threads()}; {workers} loader workers."
+    )  # fmt: skip
+    print(setting)
     print(
         f"in-RAM batches: {len(in_ram)} preloaded in {time.perf_counter() - start:.1f} s "
         f"({size / 2**20:.0f} MiB of images, depth and target fields)"
@@ -221,12 +228,17 @@ def main() -> None:
         for path in order:
             runs[path].append(store_run() if path == "store" else ram_run())
 
-    print(f"ms per step: median (min-max) of {args.steps} steps after {args.warmup} warm-up; "
-          f"memory: {memory.what}")  # fmt: skip
-    print(f"{'round':<6}{'path':<8}{'data wait':>23}{'forward':>23}{'backward':>23}"
-          f"{'step':>23}{'wait %':>8}{'peak MiB':>10}")  # fmt: skip
-    ratios, fractions = [], []
-    for r in range(args.rounds):
+    lines = [setting, "", *report(runs, args.steps, args.warmup, memory.what)]
+    print("\n".join(lines))
+    write_performance("student-step", lines)
+
+
+def report(runs: dict[str, list[Run]], steps: int, warmup: int, what: str) -> list[str]:
+    """Markdown: per round and path the phases' median (min-max) ms, the data wait's share of
+    the step and the peak memory; then the store/in-RAM step ratio and the store path's wait
+    fraction against their goals (medians over the rounds)."""
+    rows, ratios, fractions = [], [], []
+    for r in range(len(runs["store"])):
         medians = {}
         for path in ("store", "in RAM"):
             times, peak = runs[path][r]
@@ -235,23 +247,24 @@ def main() -> None:
             medians[path] = statistics.median(step)
             if path == "store":
                 fractions.append(wait)
-            print(
-                f"{r + 1:<6}{path:<8}"
-                + "".join(f"{summary(times[p]):>23}" for p in PHASES)
-                + f"{summary(step):>23}{100 * wait:>8.1f}{peak:>10.1f}"
-            )
+            rows.append([r + 1, path, *(summary(times[p]).strip() for p in PHASES),
+                         summary(step).strip(), f"{100 * wait:.1f}", f"{peak:.0f}"])  # fmt: skip
         ratios.append(medians["store"] / medians["in RAM"])
     ratio, fraction = statistics.median(ratios), statistics.median(fractions)
-    print(
-        f"store / in-RAM step time: {ratio:.3f}x (per round: "
+    lines = [f"ms per step, median (min-max) of {steps} steps after {warmup} warm-up; "
+             f"memory: {what}.", ""]  # fmt: skip
+    lines += table(["round", "path", "data wait", "forward", "backward", "step", "wait %",
+                    "peak MiB"], rows)  # fmt: skip
+    return [
+        *lines,
+        "",
+        f"- store / in-RAM step time: **{ratio:.3f}x** (per round: "
         f"{', '.join(f'{x:.3f}' for x in ratios)}); goal <= 1.05x: "
-        f"{'met' if ratio <= 1.05 else 'NOT met'}"
-    )
-    print(
-        f"store data wait: {100 * fraction:.1f}% of the step (per round: "
+        f"{'met' if ratio <= 1.05 else 'NOT met'}",
+        f"- store data wait: **{100 * fraction:.1f}%** of the step (per round: "
         f"{', '.join(f'{100 * x:.1f}%' for x in fractions)}); goal < 5%: "
-        f"{'met' if fraction < 0.05 else 'NOT met'}"
-    )
+        f"{'met' if fraction < 0.05 else 'NOT met'}",
+    ]
 
 
 if __name__ == "__main__":

@@ -3,16 +3,20 @@ mask), and the GT-only :class:`Baseline`.
 
 A recipe is a small ``nn.Module``. It declares the store fields it reads (``expects``: field
 -> the per-frame shape it needs, or None for any) and returns ``{term: weighted scalar}`` from
-``forward(out, batch)``; the loop sums the terms. GT terms apply to labelled frames only
-(``batch.has_label``), so an unlabelled frame meets teacher terms alone. Where the targets
-came from (the store, or a teacher run in the step) is not a recipe's business. Modules a
-recipe owns (adaptors, generators) train with the student and are not part of the student's
-inference checkpoint.
+``forward(out, batch)``; the loop sums the terms. It owns the defaults of the ``distill.*``
+weights that mean different things to different recipes (``DEFAULTS``, its paper's values):
+DistillConfig leaves those None, and a recipe reads ``self.d``, its config with them filled.
+GT terms apply to labelled frames only (``batch.has_label``), so an unlabelled frame meets
+teacher terms alone. Where the targets came from (the store, or a teacher run in the step) is
+not a recipe's business. Modules a recipe owns (adaptors, generators) train with the student
+and are not part of the student's inference checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,16 +25,28 @@ from bevkd.datasets.student_batch import StudentBatch
 from bevkd.models.camera_bev import depth_loss
 from bevkd.models.camera_student import StudentOutput
 from bevkd.models.targets import build_targets, gaussian_heatmaps, labelled_detection_loss
-from bevkd.pipeline.config import Config
+from bevkd.pipeline.config import Config, ConfigError, DistillConfig
 
 Shape = tuple[int, ...] | None
+
+
+def fill_defaults(d: DistillConfig, defaults: Mapping[str, float]) -> DistillConfig:
+    """``d`` with each of its None fields named in ``defaults`` set to the default; fields the
+    config set keep their value."""
+    unset: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(d, k) is None}
+    return dataclasses.replace(d, **unset) if unset else d
 
 
 class Recipe(nn.Module):
     """Base: the GT detection and depth terms every recipe keeps (unless it drops GT)."""
 
+    # distill.* key -> this recipe's default (its paper's value, the source beside it in the
+    # subclass), for the keys DistillConfig leaves None because recipes disagree on them
+    DEFAULTS: ClassVar[dict[str, float]] = {}
+
     def __init__(self, cfg: Config, use_gt: bool = True) -> None:
         super().__init__()
+        self.d = fill_defaults(cfg.distill, self.DEFAULTS)
         self.grid = cfg.grid.bev_grid
         self.head_cfg, self.num_classes = cfg.head, len(cfg.classes)
         self.depth_weight = cfg.model.depth_loss_weight
@@ -38,6 +54,16 @@ class Recipe(nn.Module):
         self.use_gt = use_gt
         self.expects: dict[str, Shape] = {}
         self.heatmap_activation: dict[str, str] = {}
+
+    def resolved(self, key: str) -> float:
+        """The resolved value of ``distill.<key>`` (a weight DistillConfig may leave None)."""
+        value = getattr(self.d, key)
+        if value is None:
+            raise ConfigError(
+                f"distill.{key} is not set and the {type(self).__name__} recipe has no default "
+                f"for it: set distill.{key}"
+            )
+        return float(value)
 
     def bind(self, fields: dict[str, Any]) -> Recipe:
         """Learn how the store wrote its fields (``name -> FieldSpec``): heatmap activations."""

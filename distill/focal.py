@@ -134,9 +134,8 @@ class FocalDistiller(Recipe):
     """
 
     def __init__(self, cfg: Config) -> None:
-        d = cfg.distill  # its choices are checked when the config loads
-        super().__init__(cfg, use_gt=d.mode == "gt+kd")
-        self.d = d
+        super().__init__(cfg, use_gt=cfg.distill.mode == "gt+kd")
+        d = self.d  # its choices were checked when the config loaded
         self.bev_field, self.boxes_field = TEACHER_INSTANCE_FIELDS[d.teacher]
         student, teacher = cfg.student.bev_channels, cfg.model.bev_channels
         if d.mgd_weight > 0 or d.point_weight > 0:

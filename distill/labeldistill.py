@@ -3,6 +3,8 @@ LiDAR teacher and label encoder."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,8 +72,7 @@ class LabelDistill(Recipe):
     ``last.pt``'s ``objective`` entry, and ``best.pt``/``last.pt``'s ``model`` is the plain
     student.
 
-    Terms, with the paper's weights (set by the configs: DistillConfig's defaults for
-    ``bev_weight``, ``heatmap_weight`` and ``regression_weight`` are CMKD's 50, 0.2, 50):
+    Terms, at the paper's weights (:data:`DEFAULTS` holds those another recipe reads too):
 
     - ``kd_lidar``: :func:`masked_feature_loss` of the LiDAR adaptor's output against
       ``lidar_bev`` (+ ``lidar_bev_s2``), summed over the scales; the mask is the sum over
@@ -81,10 +82,12 @@ class LabelDistill(Recipe):
       (m > 0). ``distill.label_weight`` (paper 0.3).
     - ``kd_heatmap``: :func:`gaussian_focal_loss` of the student's heatmap against
       :func:`heatmap_target` (the teacher's probabilities times the GT gaussians, 1 at the GT
-      centres). ``distill.heatmap_weight`` (paper 1).
+      centres), over the number of GT centres as upstream's ``avg_factor``.
+      ``distill.heatmap_weight`` (paper 1).
     - ``kd_regression``: L1 (``head.code_weights``) between the student's and the teacher's box
-      maps at the GT centre cells (:func:`losses.centre_regression`).
-      ``distill.regression_weight`` (paper 0.25).
+      maps at the GT centre cells, a mean per box (:func:`losses.centre_regression`; upstream
+      ``L1Loss`` with ``avg_factor`` = the number of boxes). ``distill.regression_weight``
+      (paper 0.25).
     - ``distill.mode`` "gt+kd" keeps the GT detection terms on labelled frames (the paper);
       "kd" drops them. Either way the KD terms above use the GT (masks, centres, label
       embeddings): LabelDistill is not a label-free recipe. Depth stays.
@@ -92,10 +95,11 @@ class LabelDistill(Recipe):
     Unlabelled frames (``student.unlabeled``) have no GT and no ``label_bev``:
 
     - ``kd_lidar`` masks them with the teacher's heatmap instead, ``max_k p_T`` where it
-      exceeds ``distill.heatmap_threshold`` (0 below), kept soft like the GT mask it stands in
-      for. LiDAR features are what unlabelled frames can still teach; the cut keeps a soft
-      teacher's background floor (MEASURED.md: about 0.03 on empty cells) from outweighing the
-      objects in the normaliser. One normaliser spans the batch, GT and teacher masks alike.
+      exceeds ``distill.unlabelled_mask_threshold`` (0.3; 0 below), kept soft like the GT mask
+      it stands in for. LiDAR features are what unlabelled frames can still teach; the cut
+      keeps a soft teacher's background floor (about 0.03 on the demo teacher's empty cells)
+      from outweighing the objects in the normaliser. One normaliser spans the batch, GT and
+      teacher masks alike.
     - ``kd_label`` skips them: the label embedding encodes GT (a store may even hold one for a
       frame whose GT is hidden: it is never read there).
     - ``kd_heatmap`` and ``kd_regression`` skip them: both are defined by the GT (its centres,
@@ -106,10 +110,19 @@ class LabelDistill(Recipe):
     an adaptor runs only on the frames its term uses (its BatchNorm statistics are theirs).
     """
 
+    # sanmin0312/LabelDistill labeldistill/exps/nuscenes/labeldistill/
+    # LabelDistill_r50_128x128_e24_{2,4}key.py: get_feature_distill_loss(lidar ...) * 0.3 (its
+    # label term's 0.3 is distill.label_weight); head loss_cls GaussianFocalLoss (weight 1) and
+    # loss_bbox L1Loss loss_weight 0.25, which kd_head.py response_loss reuses for the KD terms.
+    DEFAULTS: ClassVar[dict[str, float]] = {
+        "bev_weight": 0.3,
+        "heatmap_weight": 1.0,
+        "regression_weight": 0.25,
+    }
+
     def __init__(self, cfg: Config) -> None:
-        d = cfg.distill  # its choices are checked when the config loads
-        super().__init__(cfg, use_gt=d.mode == "gt+kd")
-        self.d = d
+        super().__init__(cfg, use_gt=cfg.distill.mode == "gt+kd")
+        d = self.d  # its choices were checked when the config loaded; weights filled
         self.code_weights = cfg.head.code_weights
         self.scales = tuple(sorted(d.bev_scales))
         h, w = self.grid.shape
@@ -146,15 +159,15 @@ class LabelDistill(Recipe):
         prob = self.teacher_prob(batch)
         labelled = batch.has_label.to(prob.device).view(-1, 1, 1, 1)
         kd_lidar, kd_label = self._feature_terms(out, batch, gt_heatmap, prob, labelled)
-        terms["kd_lidar"] = d.bev_weight * kd_lidar
+        terms["kd_lidar"] = self.resolved("bev_weight") * kd_lidar
         terms["kd_label"] = d.label_weight * kd_label
         heatmap_frames = batch.has_label.to(prob.device) & batch.targets.present[HEATMAP]
         target = heatmap_target(gt_heatmap, prob)
-        terms["kd_heatmap"] = d.heatmap_weight * gaussian_focal_loss(
+        terms["kd_heatmap"] = self.resolved("heatmap_weight") * gaussian_focal_loss(
             out.head.heatmap[heatmap_frames].float(), target[heatmap_frames]
         )
         centres = self.gt_centres(batch) & batch.targets.present[REGRESSION].view(-1, 1, 1)
-        terms["kd_regression"] = d.regression_weight * losses.centre_regression(
+        terms["kd_regression"] = self.resolved("regression_weight") * losses.centre_regression(
             out.head.regression, batch.targets.field(REGRESSION), centres, self.code_weights
         )
         return terms
@@ -171,7 +184,7 @@ class LabelDistill(Recipe):
         tg = batch.targets
         gt_mask = gt_heatmap.sum(dim=1, keepdim=True)  # soft, unclipped: gt_mask(clip=False)
         p_max = prob.amax(dim=1, keepdim=True)
-        teacher_mask = p_max * (p_max > self.d.heatmap_threshold)
+        teacher_mask = p_max * (p_max > self.d.unlabelled_mask_threshold)
         teacher_mask = teacher_mask * tg.present[HEATMAP].to(p_max.dtype).view(-1, 1, 1, 1)
         lidar_mask = torch.where(labelled, gt_mask, teacher_mask)
         kd_lidar = kd_label = gt_mask.new_zeros(())

@@ -100,9 +100,8 @@ class PseudoLabel(Recipe):
     thresholds: torch.Tensor  # (K,) per-class score threshold (a buffer: moves with the module)
 
     def __init__(self, cfg: Config) -> None:
-        d = cfg.distill
-        super().__init__(cfg, use_gt=d.mode == "gt+kd")
-        self.cfg, self.d = cfg, d
+        super().__init__(cfg, use_gt=cfg.distill.mode == "gt+kd")
+        self.cfg, d = cfg, self.d
         self.field = d.pseudo_boxes
         self.expects = {self.field: None}
         per_class = dict(d.pseudo_class_thresholds)

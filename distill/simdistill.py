@@ -4,6 +4,8 @@ over a cached BEVFusion-style teacher, for the simulated multi-modal student
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -16,6 +18,9 @@ from bevkd.pipeline.config import Config, ConfigError
 from bevkd.pipeline.geometry import REGRESSION_CHANNELS
 
 HEATMAP, REGRESSION = "fusion_heatmap", "fusion_box_regression"
+# SimDistill's box KD: WeightedSmoothL1Loss built without a beta (its default 1/9;
+# mmdet3d/models/heads/bbox/centerpoint.py CenterHead.__init__ reg_loss_func)
+BOX_BETA = 1.0 / 9.0
 
 
 def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
@@ -42,17 +47,39 @@ class SimDistill(Recipe):
     - ``kd_fused`` (MMD-F; ``distill.fused_weight``, paper 1): MSE of the fused BEV against
       ``fused_bev`` (through a conv1x1 only when the student's channels differ).
     - ``kd_heatmap`` + ``kd_regression`` (MMD-P; ``distill.heatmap_weight`` and
-      ``distill.regression_weight``, paper 0.25 each): QFL of the student heatmap against the
-      teacher's probabilities (:func:`losses.qfl_heatmap`; the sigmoid is applied once, only if
-      the store holds logits: the released code applies it twice), and SmoothL1 of the box
-      maps at the GT centres.
+      ``distill.regression_weight``, paper 0.25 each, :data:`DEFAULTS`), normalised so that
+      0.25 weighs what it weighs in the released code
+      (mmdet3d/models/heads/bbox/centerpoint.py ``get_cls_layer_loss``,
+      ``get_box_reg_layer_loss``):
+
+      - ``kd_heatmap``: QFL of the student heatmap against the teacher's probabilities, the
+        sigmoid applied once (only if the store holds logits). The released code applies it
+        twice (``clip_sigmoid`` in ``loss``, ``torch.sigmoid`` again): every target lands in
+        [0.5, 0.73], so its positive count ``p_T > 0.1`` counts every cell, and its sum over
+        frames and classes is divided by ``H * W``. Here the target is the true probability
+        and the normaliser stays upstream's ``H * W`` (:func:`losses.qfl_heatmap` "cells"),
+        summed over the batch's frames as upstream's is (its configs train 6 frames a GPU).
+        Equivalently: CMKD's positives-normalised QFL with the weight rescaled, ``w_pos = 0.25
+        * N_pos / (H * W)``, ``N_pos`` the batch's entries above 0.1.
+      - ``kd_regression``: SmoothL1 (beta 1/9, upstream's ``WeightedSmoothL1Loss`` default;
+        ``head.code_weights``) of the box maps at the GT centres, summed per frame and
+        averaged over the frames (upstream's ``loc_loss_src.sum() / batch_size``). A mean
+        per box would be ``1 / #boxes per frame`` of it; equivalently that mean at a weight
+        rescaled to ``0.25 * #boxes / #frames``. (Upstream also sums its ``max_objs`` padding
+        slots, which all gather cell 0: a bug left out here.)
 
     Unlabelled frames have no GT gaussians and no GT centres. There CMD masks with the
-    teacher's own object evidence instead (its heatmap's maximum over classes, a soft
-    ``M`` in [0, 1] like the gaussians), so the simulated-LiDAR branch still learns where
-    objects are; the box-map term, defined at GT centres, skips them. IMD, MMD-F and the QFL
-    need no label and apply on every frame.
+    teacher's own object evidence instead: its heatmap's maximum over classes where that
+    exceeds ``distill.cmd_mask_threshold`` (0.1), 0 below, a soft ``M`` in [0, 1] like the
+    gaussians, so the simulated-LiDAR branch still learns where objects are and not the
+    teacher's background floor (about 0.03 a cell on the demo teacher: unthresholded, a map's
+    empty cells would outweigh its objects). The box-map term, defined at GT centres, skips
+    them. IMD, MMD-F and the QFL need no label and apply on every frame.
     """
+
+    # ViTAE-Transformer/SimDistill mmdet3d/models/heads/bbox/centerpoint.py: cls_weight = 0.25
+    # in get_cls_layer_loss and in get_box_reg_layer_loss (the normalisations above).
+    DEFAULTS: ClassVar[dict[str, float]] = {"heatmap_weight": 0.25, "regression_weight": 0.25}
 
     def __init__(self, cfg: Config) -> None:
         if cfg.model.kind != "camera_sim":
@@ -60,9 +87,8 @@ class SimDistill(Recipe):
                 "student.recipe simdistill distils the simulated multi-modal student: set "
                 f"model.kind: camera_sim (got '{cfg.model.kind}')"
             )
-        d = cfg.distill
-        super().__init__(cfg, use_gt=d.mode == "gt+kd")
-        self.d = d
+        super().__init__(cfg, use_gt=cfg.distill.mode == "gt+kd")
+        d = self.d  # weights filled from DEFAULTS
         self.code_weights = cfg.head.code_weights
         h, w = self.grid.shape
         camera, teacher, student = (
@@ -102,7 +128,8 @@ class SimDistill(Recipe):
             present("camera_bev").expand(-1, 1, *student_cam.shape[-2:]),
         )
         labelled = batch.has_label.to(prob.dtype).view(-1, 1, 1, 1)
-        teacher_mask = prob.amax(dim=1, keepdim=True) * present(HEATMAP)
+        peak = prob.amax(dim=1, keepdim=True)
+        teacher_mask = peak * (peak > d.cmd_mask_threshold) * present(HEATMAP)
         mask = self.gt_mask(batch, clip=False) * labelled + teacher_mask * (1 - labelled)
         terms["kd_cmd"] = d.cmd_weight * masked_mse(
             self.cmd_adaptor(out.features["sim_lidar_bev"]), tg.field(self.cmd_field), mask,
@@ -113,11 +140,14 @@ class SimDistill(Recipe):
             fused, tg.field("fused_bev"), present("fused_bev").expand(-1, 1, *fused.shape[-2:])
         )
         frames = tg.present[HEATMAP] & tg.present[REGRESSION]
-        terms["kd_heatmap"] = d.heatmap_weight * losses.qfl_heatmap(
-            out.head.heatmap, prob, d.qfl_beta, d.heatmap_threshold, frames
+        terms["kd_heatmap"] = self.resolved("heatmap_weight") * losses.qfl_heatmap(
+            out.head.heatmap, prob, d.qfl_beta, frames=frames, normaliser="cells"
         )
-        centres = self.gt_centres(batch) & frames.view(-1, 1, 1)
-        terms["kd_regression"] = d.regression_weight * losses.centre_regression(
-            out.head.regression, tg.field(REGRESSION), centres, self.code_weights, smooth=True
-        )
+        # the frames that could hold a GT centre: labelled, with the teacher's response
+        box_frames = frames & batch.has_label.to(frames.device)
+        centres = self.gt_centres(batch) & box_frames.view(-1, 1, 1)
+        terms["kd_regression"] = self.resolved("regression_weight") * losses.centre_regression(
+            out.head.regression, tg.field(REGRESSION), centres, self.code_weights, smooth=True,
+            beta=BOX_BETA, per_frame=box_frames,
+        )  # fmt: skip
         return terms

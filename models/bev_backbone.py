@@ -2,7 +2,8 @@
 
 The backbone's two outputs are the distillable LiDAR BEV features: ``lidar_bev``
 (B, C, H, W) at stride 1 of the BEV grid and ``lidar_bev_s2`` (B, 2C, H/2, W/2) at stride 2,
-the two scales LabelDistill distills. The neck is a separate module so that features made
+the two scales LabelDistill distills. Its input, the encoder's dense map-to-BEV output, is
+``lidar_bev_pre`` (:data:`MAP_TO_BEV_NAME`): the layer CMKD distills. The neck is a separate module so that features made
 elsewhere (the label encoder) with the same names and shapes can run through a frozen
 teacher's neck and head.
 """
@@ -17,6 +18,8 @@ from torch import nn
 from bevkd.models.head import conv_bn_relu
 
 FEATURE_NAMES: tuple[str, str] = ("lidar_bev", "lidar_bev_s2")
+# The backbone's input as a named feature: the LiDAR encoder's map-to-BEV output.
+MAP_TO_BEV_NAME = "lidar_bev_pre"
 
 
 def _block(in_channels: int, out_channels: int, stride: int, layers: int) -> nn.Sequential:

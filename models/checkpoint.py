@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bevkd.pipeline.config import Config, ConfigError, config_sha256, from_dict, to_dict
+from bevkd.pipeline.config import Config, ConfigError, config_sha256, recorded_config, to_dict
 from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.provenance import environment, sha256_file
 
@@ -63,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(payload: dict[str, Any]) -> Config:
-    return from_dict(Config, payload["config"])
+    return recorded_config(payload["config"])
 
 
 def load_teacher(
@@ -175,3 +175,56 @@ def init_from_checkpoint(model: nn.Module, kind: str, path: str | Path) -> tuple
             skipped += 1
     model.load_state_dict(copied, strict=False)
     return len(copied), skipped
+
+
+# What a camera student takes from a LiDAR teacher (CMKD's phase 2 starts from the teacher's
+# BEV backbone and head): teacher prefix -> student prefix. The student's BEV encoder is the
+# teacher's SECONDBackbone class, its neck SECONDFPN and its head CenterHead, so with matching
+# sizes every tensor (BatchNorm statistics included) carries over one to one.
+TEACHER_TO_STUDENT: dict[str, str] = {
+    "backbone.": "encoder.",
+    "neck_module.": "neck.",
+    "head.": "head.",
+}
+
+
+def init_from_teacher(model: nn.Module, cfg: Config, path: str | Path) -> int:
+    """Copy the 2D backbone, neck and head of the LiDAR teacher at ``path`` into the camera
+    student ``model`` (built from ``cfg``): its BEV encoder, neck and head. Every one of those
+    tensors must fit, both ways, or nothing is copied and the error names the settings to match.
+    Returns the number of tensors copied."""
+    where = f"student.init_from_teacher {path}"
+    if cfg.model.kind != "camera":
+        raise CheckpointError(
+            f"{where}: only the camera student (model.kind camera) has the teacher's BEV "
+            f"backbone, neck and head; this is a {cfg.model.kind} model"
+        )
+    payload = load_checkpoint(path)
+    teacher = checkpoint_config(payload)
+    if teacher.model.kind != "lidar":
+        raise CheckpointError(f"{where}: a LiDAR teacher checkpoint is needed, this holds a {teacher.model.kind} model")  # fmt: skip
+    if tuple(teacher.classes) != tuple(cfg.classes):
+        raise CheckpointError(f"{where}: the teacher's head detects {list(teacher.classes)}, the student's config has {list(cfg.classes)}")  # fmt: skip
+    source = {
+        TEACHER_TO_STUDENT[p] + key[len(p) :]: value
+        for key, value in payload["model"].items()
+        for p in TEACHER_TO_STUDENT
+        if key.startswith(p)
+    }
+    target = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(TEACHER_TO_STUDENT.values()))}  # fmt: skip
+    misfits = [f"{k}: teacher {tuple(source[k].shape)}, student {tuple(target[k].shape)}"
+               for k in sorted(set(source) & set(target)) if source[k].shape != target[k].shape]  # fmt: skip
+    misfits += [f"{k}: the student has none" for k in sorted(set(source) - set(target))]
+    misfits += [f"{k}: the teacher has none" for k in sorted(set(target) - set(source))]
+    if misfits:
+        in_channels = payload["model"]["backbone.block1.0.0.weight"].shape[1]
+        raise CheckpointError(
+            f"{where}: {len(misfits)} tensors of the student's BEV encoder, neck and head do not "
+            f"fit the teacher's ({'; '.join(misfits[:3])}). Build the student with the teacher's "
+            f"sizes: model.camera_bev_channels={in_channels} (its map-to-BEV channels), "
+            f"student.bev_channels={teacher.model.bev_channels}, student.bev_layers="
+            f"{list(teacher.model.bev_backbone_layers)}, model.head_channels="
+            f"{teacher.model.head_channels}"
+        )
+    model.load_state_dict(source, strict=False)
+    return len(source)

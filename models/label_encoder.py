@@ -15,7 +15,7 @@ from torch import nn
 
 from bevkd.models.image_backbone import BasicBlock
 from bevkd.models.outputs import TeacherOutput
-from bevkd.pipeline.config import Config, ConfigError, config_sha256, from_dict, to_dict
+from bevkd.pipeline.config import Config, ConfigError, config_sha256, recorded_config, to_dict
 from bevkd.pipeline.geometry import BEVGrid
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def rebuild_label_encoder_teacher(
     from bevkd.models.builders import build_lidar_teacher  # lazy: may import spconv
 
     source = sources[LIDAR_SOURCE]
-    teacher_cfg = from_dict(Config, source["config"])
+    teacher_cfg = recorded_config(source["config"])
     _check_lidar_teacher(
         cfg, teacher_cfg, f"the LiDAR teacher embedded from {source.get('checkpoint', '?')}"
     )

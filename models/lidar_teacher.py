@@ -1,7 +1,8 @@
 """CenterPoint-style LiDAR teacher, read top to bottom:
 
 points -> encoder (voxel: SECOND sparse 3D convs + height compression; or pillars) ->
-dense BEV at the BEV grid -> SECOND 2D backbone (``lidar_bev``, ``lidar_bev_s2``) ->
+dense map-to-BEV at the BEV grid (``lidar_bev_pre``, CMKD's distilled layer) ->
+SECOND 2D backbone (``lidar_bev``, ``lidar_bev_s2``) ->
 SECONDFPN neck -> CenterHead -> (optional) decoded boxes.
 
 This module imports no spconv itself; the voxel encoder it is handed does (see builders.py).
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from bevkd.models import box_coder, targets
-from bevkd.models.bev_backbone import SECONDFPN, SECONDBackbone
+from bevkd.models.bev_backbone import MAP_TO_BEV_NAME, SECONDFPN, SECONDBackbone
 from bevkd.models.head import CenterHead
 from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.pipeline.config import GridConfig, HeadConfig
@@ -65,7 +66,10 @@ class LidarTeacher(nn.Module):
         return self.neck_module(features)
 
     def forward(self, batch: Batch, decode: bool = False) -> TeacherOutput:
-        features = self.bev_features(batch.points, batch.size)
+        """Features ``lidar_bev_pre`` (B, encoder.out_channels, H, W), the encoder's map-to-BEV
+        output, and the backbone's ``lidar_bev``, ``lidar_bev_s2``; the head output on (H, W)."""
+        bev = self.encoder(batch.points, batch.size)
+        features = {MAP_TO_BEV_NAME: bev, **self.backbone(bev)}
         head_out: HeadOutput = self.head(self.neck(features))
         detections = self.decode(head_out) if decode else []
         return TeacherOutput(features=features, head=head_out, detections=detections)

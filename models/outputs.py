@@ -45,8 +45,9 @@ class TeacherOutput:
     """Everything a teacher forward produces for a batch.
 
     ``features``: named distillable BEV maps, each (B, C, H', W'), e.g. ``lidar_bev``
-    (B, C1, H, W) and ``lidar_bev_s2`` (B, C2, H/2, W/2); a fusion teacher adds
-    ``camera_bev`` and ``fused_bev``. The store writes one field per name.
+    (B, C1, H, W) and ``lidar_bev_s2`` (B, C2, H/2, W/2), and the LiDAR teacher's map-to-BEV
+    ``lidar_bev_pre`` (B, C0, H, W) before its 2D backbone; a fusion teacher adds
+    ``camera_bev`` and ``fused_bev``. The store writes one field per name it is asked for.
     ``head``: the CenterPoint head output on the (H, W) BEV grid.
     ``detections``: decoded boxes per sample (filled when decoding was asked for).
     """

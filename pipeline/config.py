@@ -92,8 +92,23 @@ class DataConfig:
     # KITTI only: image pixels per real-KITTI pixel (375-px-high images = 1.0); scales the
     # AP|R40 2D-height difficulty thresholds (40/25/25 px) for exports at another resolution
     kitti_pixel_scale: float = 1.0
+    # A label budget, read alike by train-teacher (every teacher kind) and train-student: only
+    # these labelled train frames keep their GT. labeled_tokens: a file of frame tokens, one a
+    # line; otherwise labeled_fraction of them, a fixed subset drawn with label_seed. The others
+    # are hidden: a teacher never loads them, a student may train them as unlabelled frames.
+    labeled_fraction: float = 1.0
+    label_seed: int = 0
+    labeled_tokens: str = ""
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise ConfigError(
+                f"data.labeled_fraction must be in (0, 1], got {self.labeled_fraction}"
+            )
+        if self.labeled_tokens and self.labeled_fraction < 1.0:
+            raise ConfigError(
+                "data.labeled_tokens and data.labeled_fraction both set a label budget: keep one"
+            )
         _choice("data.format", self.format, ("nuscenes", "kitti"))
         _choice("data.bev_flip", self.bev_flip, ("", "x", "y", "xy", "yx"))
         if not self.cameras:
@@ -262,6 +277,9 @@ class CacheConfig:
     # an 8-bit background of ~0 compresses well) or as the head's raw logits
     heatmap_as: str = "probabilities"
     lidar_bev_scales: tuple[int, ...] = (1,)  # 1 = the BEV grid; 2 = half resolution too
+    # also write lidar_bev_pre: the LiDAR teacher's map-to-BEV output before its 2D backbone
+    # (encoder channels, on the BEV grid), the layer CMKD distils (distill.bev_layer=map_to_bev)
+    lidar_bev_pre: bool = False
     scheduler: str = ""  # a dask scheduler address; empty starts a LocalCluster
     n_workers: int = 1  # LocalCluster worker processes; 0 = no dask, run in this process
     # Shard tasks in flight per process; 0 = 2 with CUDA, else 1. Their teacher forwards take
@@ -304,11 +322,14 @@ class StudentConfig:
     bev_layers: tuple[int, ...] = (2, 2)
     # a student checkpoint whose weights start this run (CMKD's phase 2 starts from phase 1)
     init_from: str = ""
-    # A label budget: only this fraction of the labelled train frames (a fixed subset drawn
-    # with label_seed) keeps its GT; the others become unlabelled frames (used when
-    # student.unlabeled is true). The kept tokens go to <out_dir>/labeled_frames.txt.
-    labeled_fraction: float = 1.0
-    label_seed: int = 0
+    # a LiDAR teacher checkpoint whose 2D backbone, neck and head are copied into the student's
+    # BEV encoder, neck and head, after init_from (CMKD's phase 2 starts from the teacher's BEV
+    # backbone and head); every tensor must fit (models/checkpoint.py init_from_teacher)
+    init_from_teacher: str = ""
+    # Under a label budget (data.labeled_fraction / data.labeled_tokens), a store whose teachers
+    # saw the GT of frames this student hides is refused, unless this says so: the run is then
+    # an "oracle teacher" run, labelled so in its log, checkpoint and every table
+    teacher_saw_hidden_labels: bool = False
     # labelled frames in every batch when unlabelled frames train too (0: all frames shuffled
     # together); e.g. 2 of batch 4, as semi-supervised detectors train (datasets/sampler.py)
     labelled_per_batch: int = 0
@@ -316,44 +337,77 @@ class StudentConfig:
     # provenance records (its sha256 must still be the recorded one)
     teacher_checkpoints: tuple[tuple[str, str], ...] = ()
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.labeled_fraction <= 1.0:
-            raise ConfigError(
-                f"student.labeled_fraction must be in (0, 1], got {self.labeled_fraction}"
-            )
-
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Weights and options of the distillation terms (METHODS.md: CMKD-MV's nuScenes values)."""
+    """Weights and options of the distillation terms.
+
+    A weight left None takes the default of the recipe that reads it (each recipe's
+    ``DEFAULTS``, its paper's value: distill/recipes.py ``with_recipe_defaults``; ``bevkd config
+    show`` prints them filled in): CMKD's 50 means nothing to LabelDistill or SimDistill.
+    """
 
     # "gt+kd": GT detection terms on labelled frames plus KD (CMKD-MV); "kd": pure teacher
     # mimicry with no GT on any frame (the released CMKD KITTI code)
     mode: str = "gt+kd"
-    bev_weight: float = 50.0  # BEV feature MSE (CMKD: 32 KITTI, 50 nuScenes)
-    # "none": the full map (CMKD's default); "teacher": cells where the teacher's heatmap
-    # exceeds heatmap_threshold in any class; "gt": GT-gaussian cells (labelled frames)
+    # BEV feature term (recipe default: CMKD-MV 50, LabelDistill 0.3; CMKD KITTI 32)
+    bev_weight: float | None = None
+    # CMKD's BEV mask. "none": the full map (CMKD's default); "teacher": cells where the
+    # teacher's heatmap exceeds bev_mask_threshold in some class; "gt": GT-gaussian cells
+    # (labelled frames only)
     bev_mask: str = "none"
+    # CMKD's released code has no teacher-heatmap mask (Cc-Hy/CMKD pcdet/models/detectors/
+    # cmkd.py: gt_mask, nonzero_mask); 0.1 is the teacher confidence at which its soft box
+    # regression keeps a cell (center_head_soft.py, anchor_head_single_cmkd_v2.py)
+    bev_mask_threshold: float = 0.1
     bev_scales: tuple[int, ...] = (1,)  # 1: lidar_bev; 2: lidar_bev_s2 as well
+    # CMKD's BEV term at the teacher's "backbone" output (lidar_bev vs the student's bev) or at
+    # its "map_to_bev" output before the backbone (lidar_bev_pre vs the student's camera_bev,
+    # the paper's layer; the store needs cache.lidar_bev_pre, the student
+    # model.camera_bev_channels = the teacher's encoder channels; one scale only)
+    bev_layer: str = "backbone"
     response: bool = True  # the heatmap QFL and soft box terms; false = CMKD's phase 1
-    heatmap_weight: float = 0.2  # QFL heatmap KD (CMKD: 1-2 KITTI, 0.2 nuScenes)
-    qfl_beta: float = 2.0
-    # teacher probability above which a cell counts in the QFL normaliser (0.1 CMKD KITTI)
-    heatmap_threshold: float = 0.1
-    regression_weight: float = 50.0  # soft box regression (CMKD: 2-4 KITTI, 50 nuScenes)
-    regression_threshold: float = 0.1  # cells whose summed teacher probability exceeds it
+    # heatmap KD (recipe default: CMKD-MV's QFL 0.2, LabelDistill's focal 1, SimDistill's
+    # QFL 0.25; CMKD KITTI 1-2)
+    heatmap_weight: float | None = None
+    qfl_beta: float = 2.0  # CMKD's QFL (loss_utils.py QualityFocalLoss, beta 2)
+    # CMKD's QFL normaliser counts the (class, cell) entries of the batch whose teacher
+    # probability exceeds it: 0.5 in CMKD-MV (bevdet.py CMKD_BEVDet.forward_train), the default
+    # here as the demo and nuScenes configs are nuScenes-style; 0.3 in CMKD's CenterPoint head
+    # (center_head_soft.py, configs/kitti); 0.1 in its anchor heads (per frame)
+    qfl_threshold: float = 0.5
+    # box KD (recipe default: CMKD-MV 50, LabelDistill 0.25, SimDistill 0.25; CMKD KITTI's
+    # CenterPoint head 4 with regression_normaliser "masked")
+    regression_weight: float | None = None
+    # CMKD's soft box regression keeps cells whose summed teacher probability exceeds it
+    # (center_head_soft.py, anchor_head_single_cmkd_v2.py: 0.1; CMKD-MV keeps every cell)
+    regression_threshold: float = 0.1
+    # ... and divides by "cells": every cell of the batch, channels averaged within each
+    # CenterPoint head (CMKD-MV, for its weight 50); or "masked": the kept cells, channels
+    # summed (CMKD's center_head_soft.py, for its weight 4). distill/losses.py soft_regression.
+    regression_normaliser: str = "cells"
     # the teacher fields: lidar (heatmap, box_regression) or fusion (fusion_heatmap, ...)
     teacher: str = "lidar"
     # LabelDistill: the label-embedding term (its LiDAR term is bev_weight; response: the
-    # heatmap_weight gaussian focal and regression_weight L1 terms). Paper: 0.3, 0.3, 1, 0.25.
+    # heatmap_weight gaussian focal and regression_weight L1 terms). Paper: 0.3, 0.3, 1, 0.25
+    # (sanmin0312/LabelDistill exps/nuscenes/labeldistill/LabelDistill_r50_128x128_e24_*.py).
     label_weight: float = 0.3
+    # LabelDistill on unlabelled frames (bevkd's: the paper has none): the LiDAR feature term's
+    # mask is the teacher's heatmap where it exceeds this; 0.3 is the probability CMKD's
+    # CenterPoint head counts as a positive (center_head_soft.py), above the soft floor
+    unlabelled_mask_threshold: float = 0.3
     # SimDistill: IMD (camera BEV), CMD (simulated-LiDAR BEV vs cmd_field, GT-gaussian mask),
     # MMD-F (fused BEV); MMD-P is heatmap_weight (QFL) + regression_weight (SmoothL1 at GT
-    # centres). Paper: 1, 100, 1, 0.25, 0.25.
+    # centres). Paper: 1, 100, 1, 0.25, 0.25 (ViTAE-Transformer/SimDistill
+    # mmdet3d/models/fusion_models/bevfusion.py, heads/bbox/centerpoint.py).
     imd_weight: float = 1.0
     cmd_weight: float = 100.0
     cmd_field: str = "fusion_lidar_bev"  # or lidar_bev (the LiDAR teacher's)
     fused_weight: float = 1.0
+    # SimDistill on unlabelled frames (bevkd's: the paper has none): CMD's mask is the
+    # teacher's heatmap where it exceeds this; 0.1 is the probability SimDistill's MMD-P QFL
+    # counts as a positive (centerpoint.py get_cls_layer_loss)
+    cmd_mask_threshold: float = 0.1
     # FocalDistiller for bevkd: instance regions are the teacher's cached boxes scoring above
     # region_score; masked generative distillation there (mgd_weight; mgd_mask_ratio of the
     # student's cells dropped) and L1 at 9 points per box (point_weight)
@@ -381,8 +435,15 @@ class DistillConfig:
             )
         _choice("distill.mode", self.mode, ("gt+kd", "kd"))
         _choice("distill.bev_mask", self.bev_mask, ("none", "teacher", "gt"))
+        _choice("distill.regression_normaliser", self.regression_normaliser, ("cells", "masked"))
         _choice("distill.teacher", self.teacher, ("lidar", "fusion"))
         _choices("distill.bev_scales", self.bev_scales, (1, 2))
+        _choice("distill.bev_layer", self.bev_layer, ("backbone", "map_to_bev"))
+        if self.bev_layer == "map_to_bev" and 2 in self.bev_scales:
+            raise ConfigError(
+                "distill.bev_layer=map_to_bev distils one map (lidar_bev_pre, on the BEV grid); "
+                f"distill.bev_scales is {list(self.bev_scales)}: set it to [1]"
+            )
 
 
 @dataclass(frozen=True)
@@ -394,6 +455,10 @@ class EvalConfig:
     # KITTI AP|R40: "exact" (the definition, at every score threshold) or "devkit" (the
     # official devkit's 41 sampled thresholds, bit for bit: compare with published tables)
     kitti_sampling: str = "exact"
+    # nuScenes: a file of sample tokens (one a line) of eval_set to score alone, e.g. the frames
+    # a label budget hid; the devkit's splits are lists of scenes, so this filters its GT and
+    # predictions after loading them. Empty: every sample of eval_set
+    sample_tokens: str = ""
 
     def __post_init__(self) -> None:
         _choice("eval.kitti_sampling", self.kitti_sampling, ("exact", "devkit"))
@@ -484,9 +549,53 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
+            if (renamed := RENAMED_KEYS.get(path, "")) is None or renamed:
+                now = f"'{renamed}'" if renamed else "no key: it was removed"
+                raise ConfigError(f"config key '{path}' is now {now}")
             raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+# Keys a recorded config (in a checkpoint, a store's provenance) may hold from an earlier
+# bevkd: old dotted key -> its new key, or None where the key is gone (its value is dropped).
+# Only recorded configs are upgraded; a YAML file or --set with an old key is an error that
+# names the new one.
+RENAMED_KEYS: dict[str, str | None] = {
+    "student.labeled_fraction": "data.labeled_fraction",
+    "student.label_seed": "data.label_seed",
+    # one threshold for four uses until issue 24; each use now has its own key and value
+    "distill.heatmap_threshold": None,
+}
+
+
+def _pop(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return False, None
+    return (True, node.pop(leaf)) if leaf in node else (False, None)
+
+
+def upgrade_recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with :data:`RENAMED_KEYS` moved to their new places (a copy)."""
+    out = json.loads(json.dumps(data))
+    for old, new in RENAMED_KEYS.items():
+        found, value = _pop(out, old)
+        if found and new is not None:
+            *parents, leaf = new.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node.setdefault(leaf, value)
+    return out
+
+
+def recorded_config(data: dict[str, Any]) -> Config:
+    """The :class:`Config` a checkpoint or store recorded, written by this or an earlier bevkd."""
+    return from_dict(Config, upgrade_recorded(data))
 
 
 def to_dict(obj: Any) -> Any:

@@ -192,7 +192,7 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
                 )
             out = teacher_runner.forward_frozen(model, [probe], device)
             for src, dst in teacher_runner.wanted_features(
-                name, cfg.cache.lidar_bev_scales
+                name, cfg.cache.lidar_bev_scales, cfg.cache.lidar_bev_pre
             ).items():
                 c, h, w = out.features[src].shape[1:]
                 make = embedding_field if spec.labeled_only else bev_feature_field

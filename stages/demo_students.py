@@ -3,13 +3,15 @@ by side, and one table that says whether distillation paid.
 
 Each arm is a real ``bevkd train-student`` process (its own log in ``<out_dir>/train.out``), at
 most ``parallel`` at once (all three by default) with one torch thread each: on a small CPU
-machine single-thread runs side by side finish sooner than runs taking turns on every core. An arm whose final evaluation
-exists is not run again; an interrupted arm resumes from its ``last.pt``.
+machine single-thread runs side by side finish sooner than runs taking turns on every core. An
+arm whose final evaluation exists, in its folder or in the run ledger that git keeps
+(:mod:`bevkd.stages.run_ledger`), is not run again; an interrupted arm resumes from its
+``last.pt``.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import subprocess
 import sys
 import time
@@ -20,8 +22,11 @@ from typing import Any
 
 import click
 
+from bevkd.distill.recipes import with_recipe_defaults
 from bevkd.pipeline.config import config_sha256, load_config
 from bevkd.pipeline.errors import BevkdError
+from bevkd.pipeline.provenance import code_version
+from bevkd.stages import run_ledger
 
 
 @dataclass(frozen=True)
@@ -41,44 +46,84 @@ DEMO_ARMS: tuple[Arm, ...] = (
 
 
 def arm_metrics(folder: Path) -> dict[str, Any] | None:
-    """A finished arm's final validation: ``eval/metrics.json`` (nuScenes) or
-    ``eval/kitti_ap.json`` (KITTI AP|R40); None while it has none."""
-    for name in ("metrics.json", "kitti_ap.json"):
-        path = folder / "eval" / name
-        if path.is_file():
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
-    return None
+    """A finished arm's final validation (``eval/metrics.json``, nuScenes, or
+    ``eval/kitti_ap.json``, KITTI AP|R40), from its run folder or else from the run ledger
+    (:mod:`bevkd.stages.run_ledger`: a fresh clone has no work/); None while neither has it.
+    A result not made by this commit's clean tree (another commit, or uncommitted changes: a
+    run just trained in a dirty tree too) carries ``"reused": {"commit", "dirty"}``, for the
+    report's † (:func:`bevkd.stages.run_ledger.dagger`)."""
+    found = run_ledger.find(folder)
+    if found is None:
+        return None
+    metrics = dict(found[0]["metrics"])
+    if (mark := run_ledger.code_mark(found[0].get("code", run_ledger.UNKNOWN))) is not None:
+        metrics["reused"] = mark
+    return metrics
 
 
 def train_arm(
-    arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Run one arm to completion (or reuse its finished evaluation); returns its metrics."""
+    arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, ...] = (),
+    *, fresh: bool = False, weights: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Run one arm to completion, or reuse its finished result (run folder or ledger: see
+    :func:`arm_metrics`); returns its metrics. ``fresh``: a result marked as made by other code
+    is trained again (its run folder moved to ``<folder>.replaced``). ``weights``: the arm's
+    checkpoint must be on disk (a later phase starts from it), so a result found only in the
+    ledger is trained again. A finished run is recorded in its folder and the ledger."""
     folder = out / arm.folder
     sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
-    wanted = config_sha256(load_config(arm.config, sets))
+    wanted = config_sha256(with_recipe_defaults(load_config(arm.config, sets)))
     saved = folder / "config.sha256"
     if saved.is_file() and saved.read_text().strip() != wanted:
         raise BevkdError(
             f"{folder} holds a run of another config than {arm.config} with the demo's settings "
             "(the config changed since): remove that folder to train it again"
         )
-    if (done := arm_metrics(folder)) is not None:
-        click.echo(f"[students] {arm.name}: already trained ({folder})")
-        return done
+    found = run_ledger.find(folder)
+    if (
+        found is not None
+        and found[1] == "ledger"
+        and (found[0].get("config_sha256") != wanted or weights)
+    ):
+        found = None  # a ledger entry of another config, or one without the weights needed
+    if found is not None:
+        entry, where = found
+        mark = run_ledger.code_mark(entry.get("code", run_ledger.UNKNOWN))
+        if not (fresh and mark):
+            made = (
+                f"; made by {mark['commit'][:10]}{' (dirty)' if mark['dirty'] else ''}"
+                if mark
+                else ""
+            )
+            click.echo(f"[students] {arm.name}: already trained ({where}: {folder}{made})")
+            if where == "work" and "config_sha256" not in entry:  # a run older than the ledger
+                late = run_ledger.record(folder, arm.name, arm.config, wanted, entry["code"],
+                                         None, False, entry["metrics"])  # fmt: skip
+                run_ledger.write(folder, late)
+            return arm_metrics(folder)  # type: ignore[return-value]
+        if folder.exists():  # --fresh: train again, keep the old run beside it
+            aside = folder.with_name(folder.name + ".replaced")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "bevkd.pipeline.cli", "train-student", "--config", arm.config]
     for item in sets:
         command += ["--set", item]
     click.echo(f"[students] {arm.name}: training ({arm.config}; log {folder / 'train.out'})")
+    resumed, code = (folder / "last.pt").is_file(), code_version()  # the code it starts from
     started = time.perf_counter()
     with (folder / "train.out").open("a") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code != 0 or (metrics := arm_metrics(folder)) is None:
+        exit_code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - started
+    if exit_code != 0 or (metrics := run_ledger.eval_metrics(folder)) is None:
         tail = (folder / "train.out").read_text()[-2000:]
-        raise BevkdError(f"student '{arm.name}' failed (exit {code}); the end of its log:\n{tail}")
-    click.echo(f"[students] {arm.name}: {time.perf_counter() - started:.0f} s, {headline(metrics)}")
-    return metrics
+        raise BevkdError(
+            f"student '{arm.name}' failed (exit {exit_code}); the end of its log:\n{tail}"
+        )
+    entry = run_ledger.record(folder, arm.name, arm.config, wanted, code, wall, resumed, metrics)
+    run_ledger.write(folder, entry)
+    click.echo(f"[students] {arm.name}: {wall:.0f} s, {headline(metrics)}")
+    return arm_metrics(folder)  # type: ignore[return-value]
 
 
 def headline(metrics: dict[str, Any]) -> str:

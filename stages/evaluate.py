@@ -120,6 +120,30 @@ def _split_samples(nusc: Any, scenes: list[str]) -> set[str]:
     return {s["token"] for s in nusc.sample if nusc.get("scene", s["scene_token"])["name"] in names}
 
 
+def restrict_samples(evaluator: Any, path: str, eval_set: str) -> None:
+    """Keep only the samples listed in ``path`` (``eval.sample_tokens``) in a loaded devkit
+    ``DetectionEval``: its GT, predictions and sample list. Every listed token must be a sample
+    of ``eval_set``; the results file still covers the whole split (the devkit checks that)."""
+    from nuscenes.eval.common.data_classes import EvalBoxes
+
+    from bevkd.datasets.budget import read_token_file
+
+    wanted = set(read_token_file(path))
+    absent = sorted(wanted - set(evaluator.gt_boxes.sample_tokens))
+    if absent:
+        raise DataError(
+            f"eval.sample_tokens {path}: {len(absent)} tokens are not samples of '{eval_set}' "
+            f"(first: {absent[:3]})"
+        )
+    for name in ("gt_boxes", "pred_boxes"):
+        boxes, kept = getattr(evaluator, name), EvalBoxes()
+        for token in boxes.sample_tokens:
+            if token in wanted:
+                kept.add_boxes(token, boxes[token])
+        setattr(evaluator, name, kept)
+    evaluator.sample_tokens = evaluator.gt_boxes.sample_tokens
+
+
 def _clean(value: Any) -> Any:
     """NaN -> None so metrics.json is strict JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -169,6 +193,8 @@ def run(
         evaluator = DetectionEval(
             nusc, config, str(results_path), eval_set, str(out), verbose=False
         )
+    if cfg.eval.sample_tokens:
+        restrict_samples(evaluator, cfg.eval.sample_tokens, eval_set)
     metrics, metric_data = evaluator.evaluate()
     if cfg.eval.render_curves:
         evaluator.render(metrics, metric_data)
@@ -183,6 +209,7 @@ def run(
             for c, errs in serialized["label_tp_errors"].items()
         },
         "eval_set": eval_set,
+        "sample_tokens": cfg.eval.sample_tokens or None,
         "num_samples": len(evaluator.sample_tokens),
         "gt_classes": sorted({box.detection_name for box in evaluator.gt_boxes.all}),
         "class_range": config.class_range,

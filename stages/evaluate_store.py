@@ -58,7 +58,7 @@ def store_config(
     ``overrides`` (``--set``)."""
     import yaml
 
-    from bevkd.pipeline.config import ConfigError, from_dict, load_config, with_overrides
+    from bevkd.pipeline.config import ConfigError, load_config, recorded_config, with_overrides
 
     if config_path:
         return load_config(config_path, overrides)
@@ -69,7 +69,7 @@ def store_config(
             "--config (the config it was cached with)"
         )
     try:
-        cfg = from_dict(Config, yaml.safe_load(text))
+        cfg = recorded_config(yaml.safe_load(text))
     except ConfigError as exc:
         raise StoreError(
             f"{store.url}: the config in its provenance no longer loads ({exc}); give --config"

@@ -10,8 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bevkd.pipeline.config import Config
-from bevkd.storage.fields import teacher_writing
+from bevkd.storage.fields import MAP_TO_BEV_FIELD, teacher_writing
 from bevkd.storage.schema import ContractMismatch, StoreContract, grid_text
+
+# Fields whose channels a student config sets elsewhere than student.bev_channels (the LSS
+# output's width: model.camera_bev_channels).
+CHANNEL_KEYS: dict[str, str] = {
+    "camera_bev": "model.camera_bev_channels",
+    MAP_TO_BEV_FIELD: "model.camera_bev_channels",
+}
 
 
 def _missing_hint(name: str) -> str:
@@ -19,6 +26,8 @@ def _missing_hint(name: str) -> str:
     hint = f"the {teacher} teacher writes it: add {teacher} to cache.teachers"
     if name.endswith("_s2"):
         hint += " and 2 to cache.lidar_bev_scales"
+    if name == MAP_TO_BEV_FIELD:  # opt-in: the map-to-BEV output (distill.bev_layer=map_to_bev)
+        hint += ", set cache.lidar_bev_pre=true"
     return hint + ", and re-cache"
 
 
@@ -47,10 +56,12 @@ def store_problems(
             continue
         have = contract.field(name).shape
         if shape is not None and tuple(have) != tuple(shape):
+            key = CHANNEL_KEYS.get(name, "student.bev_channels")
+            section, setting = key.split(".")
+            value = getattr(getattr(cfg, section), setting)
             problems.append(
                 f"field {name!r} has per-frame shape {tuple(have)}, the student needs "
-                f"{tuple(shape)} (student.bev_channels={cfg.student.bev_channels}; set it to the "
-                "teacher's channels)"
+                f"{tuple(shape)} ({key}={value}; set it to the teacher's channels)"
             )
     return problems
 

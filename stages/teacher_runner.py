@@ -23,13 +23,19 @@ from bevkd.models.outputs import TeacherOutput
 from bevkd.pipeline.cluster import io_threads
 from bevkd.pipeline.config import Config
 from bevkd.pipeline.errors import BevkdError
-from bevkd.storage.fields import TEACHER_FIELDS
+from bevkd.storage.fields import MAP_TO_BEV_FIELD, TEACHER_FIELDS
 
 
-def wanted_features(name: str, scales: Sequence[int]) -> dict[str, str]:
-    """The feature -> field map of a teacher, keeping the stride-2 maps only if scale 2 is asked."""
+def wanted_features(name: str, scales: Sequence[int], map_to_bev: bool = False) -> dict[str, str]:
+    """The feature -> field map of a teacher, keeping the stride-2 maps only if scale 2 is asked
+    (``cache.lidar_bev_scales``) and the map-to-BEV ``lidar_bev_pre`` only if ``map_to_bev``
+    (``cache.lidar_bev_pre``)."""
     table = TEACHER_FIELDS[name].features
-    return {k: v for k, v in table.items() if not k.endswith("_s2") or 2 in scales}
+    return {
+        k: v
+        for k, v in table.items()
+        if (not k.endswith("_s2") or 2 in scales) and (k != MAP_TO_BEV_FIELD or map_to_bev)
+    }
 
 
 def checkpoint_of(cfg: Config, name: str) -> str:
@@ -134,7 +140,7 @@ def forward_shard(
             model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
             spec = TEACHER_FIELDS[name]
             chosen = samples_read_by(name, samples)
-            features = wanted_features(name, cfg.cache.lidar_bev_scales)
+            features = wanted_features(name, cfg.cache.lidar_bev_scales, cfg.cache.lidar_bev_pre)
             for start in range(0, len(chosen), batch_size):
                 out = forward_frozen(model, chosen[start : start + batch_size], device)
                 for src, dst in features.items():
@@ -172,7 +178,8 @@ def stored_heatmap(logits: torch.Tensor, heatmap_as: str) -> torch.Tensor:
 def describe_teachers(
     cfg: Config, teachers: Sequence[str], device: torch.device | None = None
 ) -> dict[str, Any]:
-    """Provenance of each teacher: architecture, checkpoint path and sha256, its config sha."""
+    """Provenance of each teacher: architecture, checkpoint path and sha256, its config sha and
+    the labelled frames it saw (:func:`labels_seen`)."""
     from bevkd.pipeline.config import config_sha256
 
     out = {}
@@ -186,5 +193,19 @@ def describe_teachers(
             "checkpoint_sha256": sha,
             "config_sha256": config_sha256(tcfg),
             "model": dataclasses.asdict(tcfg.model),
+            "labeled_tokens": labels_seen(checkpoint_of(cfg, name)),
         }
     return out
+
+
+def labels_seen(checkpoint: str) -> dict[str, Any] | None:
+    """What a teacher checkpoint records of the labelled frames it trained on (with those of
+    the checkpoints it was built from): ``{"count", "sha256", "tokens"}``, or None when it
+    records nothing (a checkpoint from before the record, or from another framework)."""
+    from bevkd.models.checkpoint import load_checkpoint
+    from bevkd.pipeline.provenance import sha256_lines
+
+    tokens = load_checkpoint(checkpoint).get("labeled_tokens")
+    if tokens is None:
+        return None
+    return {"count": len(tokens), "sha256": sha256_lines(list(tokens)), "tokens": list(tokens)}

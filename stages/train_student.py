@@ -11,7 +11,6 @@ and its recipe) and validates on the val split with the dataset's own metric.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from bevkd.datasets import budget
 from bevkd.datasets.cached import CachedTargets, SamplesOnly, worker_context
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
-from bevkd.distill.recipes import Recipe, build_recipe
-from bevkd.models.checkpoint import init_from_checkpoint
+from bevkd.distill.recipes import Recipe, build_recipe, with_recipe_defaults
+from bevkd.models.checkpoint import init_from_checkpoint, init_from_teacher
 from bevkd.pipeline.config import Config, ConfigError, save_resolved
 from bevkd.pipeline.distributed import DistInfo, cleanup_distributed, setup_distributed
 from bevkd.pipeline.errors import BevkdError
@@ -48,42 +48,22 @@ class StudentObjective(nn.Module):
         return self.recipe(self.model(batch), batch)  # type: ignore[no-any-return]
 
 
-def label_budget(frames: list[Frame], fraction: float, seed: int) -> tuple[list[Frame], list[str]]:
-    """Keep the GT of a fixed ``fraction`` of the labelled ``frames`` (at least one), drawn with
-    ``seed`` over the tokens in sorted order (so the subset depends on the frame set, not its
-    listing order); the others lose their boxes and ``has_label``, as unlabelled frames.
-    Returns the frames and the tokens that kept their labels."""
-    labelled = sorted(f.token for f in frames if f.has_label)
-    if fraction >= 1.0 or not labelled:
-        return frames, labelled
-    count = max(1, round(fraction * len(labelled)))
-    chosen = np.random.default_rng(seed).choice(len(labelled), size=count, replace=False)
-    kept = {labelled[i] for i in chosen}
-    hidden = [
-        f if f.token in kept or not f.has_label
-        else dataclasses.replace(
-            f, has_label=False, boxes=f.boxes[:0], labels=f.labels[:0],
-            num_lidar_pts=f.num_lidar_pts[:0],
-        )
-        for f in frames
-    ]  # fmt: skip
-    return hidden, sorted(kept)
-
-
 def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Frame]:
     """The labelled train frames, plus every unlabelled frame of the train and unlabeled splits
     when ``student.unlabeled``; frames the teacher skipped are left out (and counted). A frame
     the store lacks is an error naming it."""
-    train, kept_labels = label_budget(
-        load_frames(cfg, "train"), cfg.student.labeled_fraction, cfg.student.label_seed
-    )
-    if cfg.student.labeled_fraction < 1.0:
+    train = load_frames(cfg, "train")
+    chosen = budget.choose(cfg.data, train)
+    if chosen.active:
+        train = budget.hide_labels(train, chosen)
         say(
-            f"[train-student] label budget: {len(kept_labels)} labelled train frames keep their GT "
-            f"(student.labeled_fraction {cfg.student.labeled_fraction:g}, label_seed "
-            f"{cfg.student.label_seed}); the others are unlabelled frames"
+            f"[train-student] {chosen.describe(cfg.data)}; the others are unlabelled frames"
             + ("" if cfg.student.unlabeled else " (left out: student.unlabeled is false)")
         )
+        if store is not None:
+            oracle = check_teacher_labels(store, chosen, cfg.student.teacher_saw_hidden_labels)
+            if oracle:
+                say(f"[train-student] ORACLE TEACHER: {oracle}")
     frames = [f for f in train if f.has_label]
     if cfg.student.unlabeled:
         frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
@@ -115,6 +95,42 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
     return kept
 
 
+def check_teacher_labels(store: Any, chosen: budget.LabelBudget, allowed: bool) -> str:
+    """Refuse a store whose teachers saw the GT of frames this student hides (or do not say
+    what they saw), unless ``student.teacher_saw_hidden_labels``: then the run is an "oracle
+    teacher" run, and the returned line says why (empty when no teacher saw a hidden label)."""
+    hidden = set(chosen.hidden)
+    seen: list[str] = []
+    for name, made in store.provenance.get("teachers", {}).items():
+        record = made.get("labeled_tokens")
+        if record is None:
+            seen.append(f"teacher {name} does not record which labelled frames it trained on")
+        elif count := len(hidden.intersection(record["tokens"])):
+            seen.append(
+                f"teacher {name} trained on the GT of {count} of the {len(hidden)} frames this "
+                f"student hides ({record['count']} labelled frames in all)"
+            )
+    if seen and not allowed:
+        raise BevkdError(
+            f"store {store.url}: " + "; ".join(seen) + ". Its pseudo-labels and soft targets "
+            "on those frames carry their labels. Cache a store from teachers trained under the "
+            "same label budget (train-teacher with the same data.labeled_fraction and "
+            "data.label_seed, or data.labeled_tokens), or set "
+            "student.teacher_saw_hidden_labels=true to run it as an oracle-teacher run"
+        )
+    if allowed and not seen:
+        raise ConfigError(
+            "student.teacher_saw_hidden_labels=true, but no teacher of store "
+            f"{store.url} saw a hidden label: drop the key (the run is not an oracle run)"
+        )
+    return "; ".join(seen)
+
+
+def oracle_teacher(cfg: Config) -> bool:
+    """Whether a run of ``cfg`` is an oracle-teacher run (its teachers saw hidden labels)."""
+    return cfg.student.teacher_saw_hidden_labels
+
+
 def open_for(cfg: Config, recipe: Recipe) -> Any | None:
     """The store, checked against what the recipe reads (None: the recipe reads no field)."""
     if not recipe.expects:
@@ -123,6 +139,14 @@ def open_for(cfg: Config, recipe: Recipe) -> Any | None:
 
     url = cfg.student.store
     store = open_store(url, storage_options=dict(cfg.student.storage_options) or None)
+    if not store.finalized:
+        marks = store.written_shards()
+        raise BevkdError(
+            f"store {url} is not finalized ({int(marks.sum())} of {len(marks)} shards "
+            "written): its cache-teacher run is still going, crashed or was repaired, so frames "
+            "may be missing or about to change. Finish it (rerun the same `bevkd cache-teacher`: "
+            "it resumes and finalizes), then train"
+        )
     check_store(store.contract, cfg, recipe.expects, url)
     recipe.bind({name: store.contract.field(name) for name in recipe.expects})
     return store
@@ -132,6 +156,7 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
     """The objective (student + recipe) and the training dataset of ``cfg``."""
     from bevkd.models.builders import STUDENT_BUILDERS, build_student
 
+    cfg = with_recipe_defaults(cfg)
     if cfg.model.kind not in STUDENT_BUILDERS:
         raise ConfigError(
             f"train-student trains the students {sorted(STUDENT_BUILDERS)}, not model.kind "
@@ -143,6 +168,10 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
         copied, skipped = init_from_checkpoint(model, cfg.model.kind, cfg.student.init_from)
         if info.is_main:
             click.echo(f"[train-student] initialised {copied} tensors from {cfg.student.init_from} ({skipped} did not fit)")  # fmt: skip
+    if cfg.student.init_from_teacher:  # after init_from: CMKD's phase 2 (phase 1 + the teacher's)
+        copied = init_from_teacher(model, cfg, cfg.student.init_from_teacher)
+        if info.is_main:
+            click.echo(f"[train-student] the BEV encoder, neck and head ({copied} tensors) from the teacher {cfg.student.init_from_teacher}")  # fmt: skip
     recipe = build_recipe(cfg)
     store = open_for(cfg, recipe)
     frames = training_frames(cfg, store, click.echo if info.is_main else (lambda _: None))
@@ -167,6 +196,7 @@ def run(cfg: Config) -> TrainResult:
     """Train the student of ``cfg`` and evaluate it on val; returns where it all went."""
     from bevkd.stages.predict import evaluate_model
 
+    cfg = with_recipe_defaults(cfg)  # the recipe's own weights, saved with the run
     info = setup_distributed()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -178,6 +208,11 @@ def run(cfg: Config) -> TrainResult:
             how = "computed online by the teachers" if objective.online else "read from the store"
             click.echo(
                 f"[train-student] recipe {cfg.student.recipe}; teacher fields {how}: {terms}"
+                + (
+                    " (ORACLE TEACHER: it saw labels this student hides)"
+                    if oracle_teacher(cfg)
+                    else ""
+                )
             )
 
         # Which frames kept their GT: in the out folder and in every checkpoint.
@@ -194,7 +229,8 @@ def run(cfg: Config) -> TrainResult:
         labelled = np.array([f.has_label for f in dataset.base.frames], dtype=bool)
         return fit(
             cfg, objective, dataset, dataset.collate, info, validate, extra,
-            record={"labeled_tokens": kept}, labelled=labelled,
+            record={"labeled_tokens": kept, "oracle_teacher": oracle_teacher(cfg)},
+            labelled=labelled,
             labelled_per_batch=cfg.student.labelled_per_batch,
         )  # fmt: skip
     finally:

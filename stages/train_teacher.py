@@ -1,4 +1,6 @@
-"""Train a teacher (``model.kind``: lidar, fusion or label_encoder) on the labelled train split.
+"""Train a teacher (``model.kind``: lidar, fusion or label_encoder) on the labelled train split,
+under the label budget of ``data.labeled_fraction`` / ``data.labeled_tokens`` when one is set
+(the hidden frames are never read); every checkpoint records the labelled tokens it saw.
 
 The loop is :func:`bevkd.stages.loop.fit`, shared with the students: AMP on CUDA, gradient
 accumulation, DDP under torchrun, a checkpoint every epoch and exact resume, logs, validation
@@ -14,9 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bevkd.datasets.dataset import build_dataset
+from bevkd.datasets import budget
+from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import collate
-from bevkd.models.checkpoint import init_from_checkpoint
+from bevkd.models.checkpoint import init_from_checkpoint, load_checkpoint
 from bevkd.pipeline.config import Config, save_resolved
 from bevkd.pipeline.distributed import cleanup_distributed, setup_distributed
 from bevkd.stages.loop import NonFiniteLoss, TrainResult, fit
@@ -54,12 +57,34 @@ def run(cfg: Config) -> TrainResult:
             tqdm.write(
                 f"initialised {copied} tensors from {cfg.model.init_from} ({skipped} did not fit)"
             )
-    dataset = build_dataset(cfg, "train")  # indexed once, not once per epoch
+    dataset, seen = budget_dataset(cfg, say=tqdm.write if info.is_main else (lambda _: None))
 
     def validate(trained: nn.Module, out: Path) -> dict[str, Any]:
         return evaluate_model(trained, cfg, out)
 
     try:
-        return fit(cfg, TeacherObjective(model), dataset, collate, info, validate)
+        return fit(cfg, TeacherObjective(model), dataset, collate, info, validate,
+                   record={"labeled_tokens": seen})  # fmt: skip
     finally:
         cleanup_distributed()
+
+
+def budget_dataset(cfg: Config, say: Any = print) -> tuple[FrameDataset, list[str] | None]:
+    """The train split under ``cfg.data``'s label budget: only the kept labelled frames (a
+    hidden frame is never loaded, so its GT never reaches the teacher), and the labelled tokens
+    this teacher will have seen, its own and those its source checkpoints recorded
+    (:func:`bevkd.datasets.budget.union_record`; None when a source recorded none)."""
+    frames = load_frames(cfg, "train")
+    chosen = budget.choose(cfg.data, frames)
+    if chosen.active:
+        hidden = set(chosen.hidden)
+        frames = [f for f in frames if f.token not in hidden]
+        say(f"[train-teacher] {chosen.describe(cfg.data)}; the {len(hidden)} others are not read")
+    sources = [
+        load_checkpoint(path).get("labeled_tokens")
+        for path in (cfg.model.checkpoint, cfg.model.init_from)
+        if path
+    ]
+    seen = budget.union_record(chosen.kept, sources)
+    dataset = FrameDataset(frames, cfg.data, train=True, seed=cfg.train.seed)  # indexed once
+    return dataset, seen

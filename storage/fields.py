@@ -71,9 +71,17 @@ class TeacherFields:
     labeled_only: bool = False
 
 
+# The LiDAR teacher's map-to-BEV output, before its 2D backbone (CMKD's distilled layer):
+# written only when ``cache.lidar_bev_pre`` asks for it, so stores without it stay valid.
+MAP_TO_BEV_FIELD = "lidar_bev_pre"
+
 TEACHER_FIELDS: dict[str, TeacherFields] = {
     "lidar": TeacherFields(
-        features={"lidar_bev": "lidar_bev", "lidar_bev_s2": "lidar_bev_s2"},
+        features={
+            "lidar_bev": "lidar_bev",
+            "lidar_bev_s2": "lidar_bev_s2",
+            MAP_TO_BEV_FIELD: MAP_TO_BEV_FIELD,
+        },
         heatmap="heatmap",
         regression="box_regression",
         boxes="boxes",

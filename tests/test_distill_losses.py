@@ -11,6 +11,7 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,10 +84,12 @@ def test_feature_mse_mask_weights_cells_and_matches_the_cmkd_formula() -> None:
     numerator = 1.0 * ((-2.0) ** 2 + 0.0**2) + 0.5 * (2.0**2 + (-1.5) ** 2)
     expected = numerator / (2 * (1.0 + 0.5))
     close(losses.feature_mse(student, teacher, mask), expected)
-    # METHODS.md (CMKD): mean((F_S - F_T)^2 * M) * numel(M) / sum(M), M broadcast over C.
-    # mean over B*C*H*W = 16 entries; numel(M) = 16; sum(M) = C * 1.5 = 3.
-    methods = (numerator / 16) * 16 / (2 * 1.5)
-    assert methods == pytest.approx(expected)
+    # CMKD's own formula (Cc-Hy/CMKD cmkd.py: (MSE(none) * M).mean() * M.numel() / M.sum(),
+    # M of shape (B, 1, H, W) broadcast over C), in numpy: the code must give the same number.
+    s_np, t_np = student.numpy().astype(np.float64), teacher.numpy().astype(np.float64)
+    m_np = mask.numpy().astype(np.float64)[:, None]  # (B, 1, H, W)
+    cmkd = np.mean((s_np - t_np) ** 2 * m_np) * m_np.size / m_np.sum()
+    close(losses.feature_mse(student, teacher, mask), float(cmkd))
     # A (B, 1, H, W) mask is the same mask.
     close(losses.feature_mse(student, teacher, mask.unsqueeze(1)), expected)
 
@@ -149,6 +152,22 @@ def test_qfl_heatmap_frames_drop_both_the_loss_and_the_count() -> None:
     assert none.item() == 0.0
 
 
+def test_qfl_heatmap_cells_normaliser_divides_by_the_grid_not_the_positives() -> None:
+    # SimDistill's: sum over frames and classes of each frame's per-cell mean (H * W = 4),
+    # whatever the threshold; the frames kept still choose what is summed.
+    close(losses.qfl_heatmap(t(QFL_Z), t(QFL_P), normaliser="cells"), sum(_qfl_terms(2.0)) / 4)
+    close(
+        losses.qfl_heatmap(t(QFL_Z), t(QFL_P), threshold=0.4, normaliser="cells"),
+        sum(_qfl_terms(2.0)) / 4,
+    )
+    frame0 = losses.qfl_heatmap(
+        t(QFL_Z), t(QFL_P), frames=torch.tensor([True, False]), normaliser="cells"
+    )
+    close(frame0, sum(_qfl_terms(2.0, frames=(0,))) / 4)
+    with pytest.raises(ValueError, match="normaliser 'frames'"):
+        losses.qfl_heatmap(t(QFL_Z), t(QFL_P), normaliser="frames")
+
+
 def test_qfl_heatmap_counts_class_entries_not_cells() -> None:
     # One cell, K=2, both classes above 0.1: the normaliser is 2 (entries of p_T, as the
     # docstring's #{p_T > threshold} says), not 1 cell.
@@ -185,9 +204,13 @@ SR_TEACHER = [
 
 
 def _soft_reg_expected(
-    threshold: float, code_weights: tuple[float, float], frames: tuple[int, ...]
+    threshold: float,
+    channel_weights: tuple[float, float],
+    frames: tuple[int, ...],
+    normaliser: str = "cells",
 ) -> float:
-    num = den = 0.0
+    """sum w c SmoothL1 over the kept cells, over B * H * W ("cells") or the kept cells."""
+    num, kept = 0.0, 0
     for b in frames:
         for i in range(2):
             for j in range(2):
@@ -195,43 +218,98 @@ def _soft_reg_expected(
                 if not w > threshold:
                     continue
                 err = sum(
-                    code_weights[c] * smooth_l1(SR_STUDENT[b][c][i][j] - SR_TEACHER[b][c][i][j])
+                    channel_weights[c] * smooth_l1(SR_STUDENT[b][c][i][j] - SR_TEACHER[b][c][i][j])
                     for c in range(2)
                 )
-                num, den = num + w * err, den + w
-    return num / den
+                num, kept = num + w * err, kept + 1
+    return num / (len(frames) * 4 if normaliser == "cells" else max(kept, 1))
 
 
 def test_soft_regression_by_hand() -> None:
     # Frame 0 cells with w > 0.1: (0,0) w 0.9, diffs 0.5 and 0.2 -> 0.125 + 0.02;
     # (1,0) w 0.3, diffs -2 and 3 -> 1.5 + 2.5; (1,1) w 0.25, diffs 0 and 0.2 -> 0.02.
     # Frame 1: (0,0) w 0.7, diffs -2, 0.25 -> 1.5 + 0.03125; (0,1) w 0.5, diffs 0, 3 -> 2.5.
-    by_hand = (
+    numerator = (
         0.9 * (0.125 + 0.02) + 0.3 * (1.5 + 2.5) + 0.25 * 0.02 + 0.7 * (1.5 + 0.03125) + 0.5 * 2.5
-    ) / (0.9 + 0.3 + 0.25 + 0.7 + 0.5)
-    assert _soft_reg_expected(0.1, (1.0, 1.0), (0, 1)) == pytest.approx(by_hand)
-    loss = losses.soft_regression(t(SR_STUDENT), t(SR_TEACHER), t(SR_PROB))
-    close(loss, by_hand)
+    )
+    assert numerator == pytest.approx(3.657375)
+    s, r, p = t(SR_STUDENT), t(SR_TEACHER), t(SR_PROB)
+    # "cells" (CMKD-MV): over every cell of both frames, 2 x 2 x 2 = 8.
+    close(losses.soft_regression(s, r, p), numerator / 8)
+    # "masked" (CMKD's CenterPoint head): over the 5 cells whose w passes 0.1.
+    close(losses.soft_regression(s, r, p, normaliser="masked"), numerator / 5)
+    assert _soft_reg_expected(0.1, (1.0, 1.0), (0, 1)) == pytest.approx(numerator / 8)
+    assert _soft_reg_expected(0.1, (1.0, 1.0), (0, 1), "masked") == pytest.approx(numerator / 5)
 
 
-def test_soft_regression_threshold_code_weights_and_frames() -> None:
+@pytest.mark.parametrize("normaliser", ["cells", "masked"])
+def test_soft_regression_threshold_channel_weights_and_frames(normaliser: str) -> None:
     s, r, p = t(SR_STUDENT), t(SR_TEACHER), t(SR_PROB)
     close(
-        losses.soft_regression(s, r, p, threshold=0.4),
-        _soft_reg_expected(0.4, (1.0, 1.0), (0, 1)),
+        losses.soft_regression(s, r, p, threshold=0.4, normaliser=normaliser),
+        _soft_reg_expected(0.4, (1.0, 1.0), (0, 1), normaliser),
     )
     close(
-        losses.soft_regression(s, r, p, code_weights=[2.0, 0.25]),
-        _soft_reg_expected(0.1, (2.0, 0.25), (0, 1)),
+        losses.soft_regression(s, r, p, channel_weights=[2.0, 0.25], normaliser=normaliser),
+        _soft_reg_expected(0.1, (2.0, 0.25), (0, 1), normaliser),
     )
     close(
-        losses.soft_regression(s, r, p, frames=torch.tensor([False, True])),
-        _soft_reg_expected(0.1, (1.0, 1.0), (1,)),
+        losses.soft_regression(s, r, p, frames=torch.tensor([False, True]), normaliser=normaliser),
+        _soft_reg_expected(0.1, (1.0, 1.0), (1,), normaliser),
     )
-    # No cell passes: 0 / eps = 0, not NaN.
-    assert losses.soft_regression(s, r, p, threshold=5.0).item() == 0.0
-    with pytest.raises(ValueError, match="3 code weights for 2 channels"):
-        losses.soft_regression(s, r, p, code_weights=[1.0, 1.0, 1.0])
+    # No cell passes: a zero, not NaN.
+    assert losses.soft_regression(s, r, p, threshold=5.0, normaliser=normaliser).item() == 0.0
+    none = torch.tensor([False, False])
+    assert losses.soft_regression(s, r, p, frames=none, normaliser=normaliser).item() == 0.0
+    with pytest.raises(ValueError, match="3 channel weights for 2 channels"):
+        losses.soft_regression(s, r, p, channel_weights=[1.0, 1.0, 1.0], normaliser=normaliser)
+    with pytest.raises(ValueError, match="normaliser 'sum'"):
+        losses.soft_regression(s, r, p, normaliser="sum")
+
+
+def test_soft_regression_cells_with_per_head_channel_weights_is_cmkd_mvs_term() -> None:
+    # CMKD-MV (bevdet.py CMKD_BEVDet.forward_train), one task: for each CenterPoint head (reg 2,
+    # height 1, dim 3, rot 2, vel 2 channels), (SmoothL1(pred, teacher) * weight).mean() over
+    # (B, its channels, H, W), summed over the heads. Written in numpy, every cell kept.
+    g = torch.Generator().manual_seed(7)
+    student, teacher = torch.randn(2, 10, 3, 4, generator=g), torch.randn(2, 10, 3, 4, generator=g)
+    prob = torch.rand(2, 4, 3, 4, generator=g) * 0.5
+    d = np.abs(student.numpy().astype(np.float64) - teacher.numpy())
+    sl1 = np.where(d < 1.0, 0.5 * d**2, d - 0.5)
+    weight = prob.numpy().astype(np.float64).sum(axis=1, keepdims=True)  # (B, 1, H, W)
+    heads, start, expected = (2, 1, 3, 2, 2), 0, 0.0
+    for width in heads:
+        expected += float(np.mean(sl1[:, start : start + width] * weight))
+        start += width
+    per_head = [1.0 / n for n in (2, 2, 1, 3, 3, 3, 2, 2, 2, 2)]
+    got = losses.soft_regression(student, teacher, prob, -1.0, per_head, normaliser="cells")
+    close(got, expected)
+    # The recipe's channel weights are these (times head.code_weights, all 1 here).
+    cmkd = CMKD(small_cfg("head.code_weights=[1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"))
+    assert cmkd.regression_channel_weights == pytest.approx(per_head)
+
+
+def test_centre_regression_per_box_or_per_frame_and_its_beta() -> None:
+    # B=2, 2 channels, 1x2 cells; centres: frame 0 both cells, frame 1 none.
+    student = t([[[[0.5, 2.0]], [[0.0, 0.05]]], [[[9.0, 9.0]], [[9.0, 9.0]]]])
+    teacher = torch.zeros_like(student)
+    centres = torch.tensor([[[True, True]], [[False, False]]])
+    # L1: |0.5| + |0| + |2| + |0.05| = 2.55; per box (2 centres) and per frame (2 frames).
+    close(losses.centre_regression(student, teacher, centres), 2.55 / 2)
+    frames = torch.tensor([True, True])
+    close(losses.centre_regression(student, teacher, centres, per_frame=frames), 2.55 / 2)
+    close(
+        losses.centre_regression(student, teacher, centres, per_frame=torch.tensor([True, False])),
+        2.55,
+    )
+    # SmoothL1 with beta 1/9: 0.5 d^2 / beta inside |d| < beta, |d| - beta / 2 outside.
+    b = 1.0 / 9.0
+    smooth = (0.5 - b / 2) + 0.0 + (2.0 - b / 2) + 0.5 * 0.05**2 / b
+    got = losses.centre_regression(student, teacher, centres, smooth=True, beta=b)
+    close(got, smooth / 2)
+    close(
+        losses.centre_regression(student, teacher, centres, [2.0, 0.5]), (2 * 2.5 + 0.5 * 0.05) / 2
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -511,3 +589,100 @@ def test_cmkd_reads_a_logit_heatmap_through_its_declared_activation() -> None:
     as_logits = CMKD(small_cfg()).bind({"heatmap": spec})(out, batch)
     close(as_logits["kd_heatmap"], as_prob["kd_heatmap"].item())
     close(as_logits["kd_regression"], as_prob["kd_regression"].item())
+
+
+# ------------------------------------------------------------------------------------------
+# CMKD's BEV masks: distill.bev_mask teacher and gt, by hand
+# ------------------------------------------------------------------------------------------
+
+
+def mask_case() -> tuple[StudentOutput, StudentBatch]:
+    """Frame 0: a few hand-set cells of student BEV, teacher BEV and teacher heatmap; frame 1
+    has no cached heatmap (its large zero-fill stand-in must not mask anything in)."""
+    out = fake_output()
+    with torch.no_grad():
+        out.features["bev"].zero_()
+        out.features["bev"][0, 0, 2, 3], out.features["bev"][0, 5, 2, 3] = 1.0, -2.0
+        out.features["bev"][0, 1, 5, 5] = 10.0
+        out.features["bev"][1] = 7.0
+    zeros = {
+        "lidar_bev": torch.zeros(C, H, W),
+        "heatmap": torch.zeros(10, H, W),
+        "box_regression": torch.zeros(10, H, W),
+    }
+    frame0 = {k: v.clone() for k, v in zeros.items()}
+    frame0["lidar_bev"][0, 2, 3], frame0["lidar_bev"][2, 7, 1] = 3.0, 0.5
+    frame0["heatmap"][3, 2, 3] = 0.4  # above 0.1 in one class
+    frame0["heatmap"][0, 5, 5] = 0.05  # the soft floor: below 0.1
+    frame0["heatmap"][9, 7, 1] = 0.11  # just above 0.1
+    frame1 = {"lidar_bev": torch.zeros(C, H, W), "box_regression": torch.zeros(10, H, W)}
+    targets = collate_targets([frame0, frame1])
+    assert targets.present["heatmap"].tolist() == [True, False]
+    targets.fields["heatmap"][1] = 0.9  # what a frame without the field holds must not count
+    return out, make_batch([True, True], targets)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "expected"),
+    [
+        # cells (2,3) with (1-3)^2 + (-2-0)^2 = 8 and (7,1) with 0.5^2, over C = 8 channels
+        (None, (8.0 + 0.25) / (8 * 2)),  # the default, 0.1
+        ("0.3", 8.0 / (8 * 1)),  # only (2,3)'s 0.4 passes
+        ("0.01", (8.0 + 0.25 + 100.0) / (8 * 3)),  # (5,5)'s 0.05 too: its error 10^2
+    ],
+)
+def test_cmkd_teacher_bev_mask_by_hand(threshold: str | None, expected: float) -> None:
+    sets = ["distill.bev_mask=teacher", "distill.bev_weight=1", "distill.response=false"]
+    if threshold is not None:
+        sets.append(f"distill.bev_mask_threshold={threshold}")
+    recipe = CMKD(small_cfg(*sets))
+    assert set(recipe.expects) == {"lidar_bev", "heatmap"}  # the mask needs the heatmap
+    out, batch = mask_case()
+    terms = recipe(out, batch)
+    assert set(terms) == {"gt_heatmap", "gt_regression", "depth", "kd_bev"}
+    close(terms["kd_bev"], expected)
+
+
+def box_gaussian() -> list[list[float]]:
+    """BOX's CenterPoint gaussian on the 16x16 grid, by hand: 4.0 x 1.8 m is 5 x 2.25 cells of
+    0.8 m; CenterNet's radius at overlap 0.1 is min(5.61, 10.72, 1.41) -> floor 1, raised to
+    head.min_radius 2; sigma = (2 * 2 + 1) / 6; the window is |dr|, |dc| <= 2 around (5, 9)."""
+    sigma = 5.0 / 6.0
+    heat = [[0.0] * W for _ in range(H)]
+    for dr in range(-2, 3):
+        for dc in range(-2, 3):
+            heat[5 + dr][9 + dc] = math.exp(-(dr * dr + dc * dc) / (2 * sigma * sigma))
+    return heat
+
+
+def test_cmkd_gt_bev_mask_by_hand() -> None:
+    recipe = CMKD(
+        small_cfg("distill.bev_mask=gt", "distill.bev_weight=1", "distill.response=false")
+    )
+    assert set(recipe.expects) == {"lidar_bev"}  # no heatmap needed
+    out = fake_output()
+    batch = make_batch([True, False], cmkd_targets())
+    # frame 0 holds two boxes on one centre (classes 0 and 1): the summed gaussians reach 2 at
+    # the centre, clipped to 1; frame 1 is unlabelled: its GT box masks nothing.
+    batch.gt_boxes[0] = t([BOX, BOX])
+    batch.gt_labels[0] = torch.tensor([0, 1])
+    gauss = box_gaussian()
+    mask = [[min(1.0, 2.0 * g) for g in row] for row in gauss]
+    s = out.features["bev"].detach().tolist()
+    tb = batch.targets.fields["lidar_bev"].tolist()
+    num = sum(
+        mask[i][j] * sum((s[0][c][i][j] - tb[0][c][i][j]) ** 2 for c in range(C))
+        for i in range(H)
+        for j in range(W)
+    )
+    expected = num / (C * sum(map(sum, mask)))
+    close(recipe(out, batch)["kd_bev"], expected)
+    # With frame 1 labelled, its gaussian (one box, not clipped below 1) adds its cells.
+    batch.has_label = torch.tensor([True, True])
+    num1 = sum(
+        gauss[i][j] * sum((s[1][c][i][j] - tb[1][c][i][j]) ** 2 for c in range(C))
+        for i in range(H)
+        for j in range(W)
+    )
+    both = (num + num1) / (C * (sum(map(sum, mask)) + sum(map(sum, gauss))))
+    close(recipe(out, batch)["kd_bev"], both)

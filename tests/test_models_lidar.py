@@ -173,6 +173,11 @@ def test_teacher_shapes_at_the_demo_config(encoder: str) -> None:
         bev = teacher.encoder(batch.points, 2)
         out = teacher(batch, decode=True)
     assert bev.shape == (2, teacher.encoder.out_channels, h, w)
+    # lidar_bev_pre is the encoder's map-to-BEV output, the backbone's input (CMKD's layer)
+    torch.testing.assert_close(out.features["lidar_bev_pre"], bev, rtol=0, atol=0)
+    with torch.no_grad():
+        from_pre = teacher.backbone(out.features["lidar_bev_pre"])
+    torch.testing.assert_close(from_pre["lidar_bev"], out.features["lidar_bev"], rtol=0, atol=0)
     assert out.features["lidar_bev"].shape == (2, c, h, w)
     assert out.features["lidar_bev_s2"].shape == (2, 2 * c, h // 2, w // 2)
     assert out.head.heatmap.shape == (2, K, h, w)

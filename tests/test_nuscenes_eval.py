@@ -184,3 +184,28 @@ def test_bevkd_metrics_equal_the_plain_devkits(
     assert 0.05 < ours["mAP"] < 0.95  # a non-trivial score, so equality means something
     assert metrics.mean_ap == pytest.approx(ours["mAP"], abs=1e-12)
     assert metrics.nd_score == pytest.approx(ours["NDS"], abs=1e-12)
+
+
+def test_eval_sample_tokens_scores_only_the_listed_samples(
+    root: Path, val_frames: list[Frame], tmp_path: Path
+) -> None:
+    # Exact GT on the first val frame, nothing on the others: the whole split misses boxes,
+    # the first frame alone is perfect (AP 1 on every class it holds).
+    first = val_frames[0]
+    detections = _gt_detections(val_frames)
+    empty = Detections(torch.zeros((0, 9)), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    detections = [detections[0]] + [empty] * (len(val_frames) - 1)
+    results = write_results(detections_to_results(val_frames, detections), tmp_path / "r.json")
+    whole = run(Config(data=DataConfig(root=str(root))), results, tmp_path / "whole")
+    listed = tmp_path / "tokens.txt"
+    listed.write_text(first.token + "\n")
+    cfg = Config(data=DataConfig(root=str(root)), eval=EvalConfig(sample_tokens=str(listed)))
+    alone = run(cfg, results, tmp_path / "alone")
+    assert len(val_frames) > 1 and whole["num_samples"] == len(val_frames)
+    assert alone["num_samples"] == 1 and alone["sample_tokens"] == str(listed)
+    assert alone["gt_classes"]
+    assert all(alone["class_ap"][c] == pytest.approx(1.0) for c in alone["gt_classes"])
+    assert any(whole["class_ap"][c] < 1.0 for c in alone["gt_classes"])
+    listed.write_text("not-a-sample\n")
+    with pytest.raises(DataError, match="1 tokens are not samples of 'val'"):
+        run(cfg, results, tmp_path / "bad")

@@ -24,9 +24,11 @@ import torch
 from oracle_teacher import HEATMAP_PEAK, OracleTeacher, heatmap_bound
 from stage_helpers import cache_config, make_teachers, small_config
 
+from bevkd.datasets import budget
 from bevkd.datasets.cached import CachedTargets
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.student_batch import StudentBatch, collate_student
+from bevkd.pipeline.config import DataConfig
 from bevkd.pipeline.geometry import BEVGrid, bev_transform
 from bevkd.stages import online_teacher, train_student
 from bevkd.stages.online_teacher import OnlineTeacher, OnlineTeacherError, TeacherViews
@@ -62,7 +64,7 @@ def world(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     url = base / "store.zarr"
     cache_teacher.run(cache_config(
         root, (lidar, label), url, "cache.teachers=[lidar, fusion, label_encoder]",
-        f"cache.fusion_checkpoint={fusion}", "cache.splits=[train, val]",
+        f"cache.fusion_checkpoint={fusion}", "cache.splits=[train, val]", "cache.lidar_bev_pre=true",
     ))  # fmt: skip
     return {"base": base, "root": root, "url": str(url), "lidar": lidar, "fusion": fusion}
 
@@ -94,6 +96,7 @@ def test_online_targets_equal_the_store_within_its_codec_error(world: dict[str, 
     assert set(views.readers) == {
         "fusion"
     }  # the LiDAR teacher and label encoder read the student's batch
+    assert "lidar_bev_pre" in fields  # the opt-in map-to-BEV field, online as cached
     a, b = _both(cached, views, online, list(range(len(samples))))
     error = store.attrs["codec_error"]
     assert set(a.targets.fields) == set(b.targets.fields) and set(a.targets.boxes) == set(
@@ -116,7 +119,9 @@ def test_the_label_encoder_runs_on_labelled_frames_only(world: dict[str, Any]) -
     """A frame whose GT the label budget hid gets no label_bev, online as cached."""
     cfg = _cfg(world)
     store = open_store(world["url"])
-    frames, kept = train_student.label_budget(load_frames(cfg, "train"), 0.5, seed=0)
+    train = load_frames(cfg, "train")
+    chosen = budget.choose(DataConfig(labeled_fraction=0.5, label_seed=0), train)
+    frames, kept = budget.hide_labels(train, chosen), list(chosen.kept)
     samples = FrameDataset(frames, cfg.data, train=False)
     fields = ["label_bev", "lidar_bev"]
     cached = CachedTargets(samples, world["url"], fields=fields)

@@ -42,7 +42,11 @@ def test_student_config_builds_and_reads_only_what_its_cache_writes(path: Path) 
     written = set()
     for teacher in cache.cache.teachers:
         spec = TEACHER_FIELDS[teacher]
-        written |= set(wanted_features(teacher, cache.cache.lidar_bev_scales).values())
+        written |= set(
+            wanted_features(
+                teacher, cache.cache.lidar_bev_scales, cache.cache.lidar_bev_pre
+            ).values()
+        )
         written |= {f for f in (spec.heatmap, spec.regression, spec.boxes) if f}
     unread = {f: teacher_writing(f) for f in recipe.expects if f not in written}
     assert not unread, f"{path} reads fields its cache config does not write: {unread}"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from stage_helpers import cached_world, small_config
-from test_distill_losses import make_batch, sigmoid, small_cfg
+from test_distill_losses import BOX, box_gaussian, make_batch, sigmoid, small_cfg, t
 from torch import nn
 
 from bevkd.datasets.student_batch import StudentBatch, Targets
@@ -186,9 +186,11 @@ def test_masked_feature_loss_sums_channels_and_divides_by_the_mask() -> None:
 def test_heatmap_target_is_one_at_gt_centres_and_teacher_times_gt_elsewhere() -> None:
     gt = torch.tensor([[[[1.0, 0.5, 0.0, 1.0]]]])
     prob = torch.tensor([[[[0.6, 0.8, 0.9, 0.0]]]])
-    assert heatmap_target(gt, prob).flatten().tolist() == pytest.approx([1.0, 0.4, 0.0, 1.0])
-    # The released code's target (teacher x GT) never reaches 1: no focal positives.
-    assert not bool(((prob * gt) == 1).any())
+    target = heatmap_target(gt, prob)
+    assert target.flatten().tolist() == pytest.approx([1.0, 0.4, 0.0, 1.0])
+    # The focal positives (target == 1) are the GT centres; the released code's target,
+    # teacher x GT (0.6 and 0 there), would have none.
+    assert target.eq(1).flatten().tolist() == [True, False, False, True]
 
 
 # ------------------------------------------------------------------------------------------
@@ -242,15 +244,35 @@ def test_feature_terms_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_feature_terms_use_the_unclipped_gt_mask_of_the_real_gt() -> None:
     recipe = identity_adaptors(LabelDistill(ld_cfg()))
     out, batch = random_output(2), make_batch([True, True], random_targets(2))
+    # Frame 0: two GT boxes of classes 0 and 1 on one centre; frame 1: one box. The mask is
+    # BOX's gaussian written out by hand (test_distill_losses.box_gaussian), summed over the
+    # classes and not clipped: 2 x gaussian (2 at the centre) in frame 0, 1 x in frame 1.
+    batch.gt_boxes[0], batch.gt_labels[0] = t([BOX, BOX]), torch.tensor([0, 1])
     terms = recipe(out, batch)
-    mask = recipe.gt_mask(batch, clip=False)
-    assert float(mask.max()) >= 1.0 and int((mask > 0).sum()) > 4
-    s1 = masked_feature_loss(out.features["bev"][:, 2:4], batch.targets.fields["lidar_bev"], mask)
-    half = torch.nn.functional.avg_pool2d(mask, 2)  # = bilinear at half size
-    s2 = masked_feature_loss(
-        out.features["bev_s2"][:, 4:8], batch.targets.fields["lidar_bev_s2"], half
-    )
-    close(terms["kd_lidar"], (s1 + s2).item())
+    gauss = box_gaussian()
+    masks = [[[2.0 * g for g in row] for row in gauss], gauss]
+
+    def masked(student: list, teacher: list, mask: list) -> float:
+        """sum_bxy m sum_c (T - S)^2 / max(1, sum m), over lists."""
+        num = den = 0.0
+        for b in range(2):
+            for i, row in enumerate(mask[b]):
+                for j, m in enumerate(row):
+                    pairs = zip(student[b], teacher[b], strict=True)
+                    err = sum((tc[i][j] - sc[i][j]) ** 2 for sc, tc in pairs)
+                    num, den = num + m * err, den + m
+        return num / max(1.0, den)
+
+    tg = batch.targets.fields
+    s1 = masked(out.features["bev"][:, 2:4].tolist(), tg["lidar_bev"].tolist(), masks)
+    # stride 2: bilinear at exactly half size (align_corners False) is each 2x2 block's mean
+    halves = [
+        [[sum(m[2 * i + a][2 * j + c] for a in (0, 1) for c in (0, 1)) / 4 for j in range(W // 2)]
+         for i in range(H // 2)]
+        for m in masks
+    ]  # fmt: skip
+    s2 = masked(out.features["bev_s2"][:, 4:8].tolist(), tg["lidar_bev_s2"].tolist(), halves)
+    close(terms["kd_lidar"], s1 + s2)
 
 
 def test_response_terms_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,20 +332,15 @@ def test_weights_scale_their_terms_and_default_to_the_papers() -> None:
         close(got[name], weight * base[name].item())
     for name in ("gt_heatmap", "gt_regression", "depth"):
         assert torch.equal(got[name], base[name]), name
-    # Defaults (bev_weight is CMKD's 50 in DistillConfig; the paper's 0.3 is set by configs).
+    # No weight set: the recipe's own defaults, the paper's 0.3, 0.3, 1, 0.25 (not CMKD's).
     paper = LabelDistill(
-        ld_cfg(
-            "distill.bev_weight=0.3",
-            "distill.label_weight=0.3",
-            "distill.heatmap_weight=1",
-            "distill.regression_weight=0.25",
-        )
-    )
+        small_cfg("student.recipe=labeldistill", f"student.bev_channels={CS}",
+                  f"model.bev_channels={CT}", "distill.bev_scales=[1, 2]")
+    )  # fmt: skip
     paper.load_state_dict(unit.state_dict())
     got = paper.eval()(out, batch)
     for name, weight in zip(names, (0.3, 0.3, 1.0, 0.25), strict=True):
         close(got[name], weight * base[name].item())
-    assert LabelDistill(small_cfg()).d.label_weight == 0.3
 
 
 def test_mode_kd_drops_only_the_gt_terms() -> None:
@@ -350,7 +367,7 @@ def test_an_unlabelled_frame_gets_lidar_feature_kd_under_the_teachers_heatmap() 
     tg.fields["lidar_bev"][0, :, 9, 9] = 10.0  # error 200, under the threshold
     tg.fields["lidar_bev"][0, :, 12, 1] = 1.0  # error 2
     tg.fields["heatmap"][0, 0, 3, 5], tg.fields["heatmap"][0, 4, 3, 5] = 0.6, 0.7  # max 0.7
-    tg.fields["heatmap"][0, 2, 9, 9] = 0.05  # background floor: cut at heatmap_threshold 0.1
+    tg.fields["heatmap"][0, 2, 9, 9] = 0.2  # cut at distill.unlabelled_mask_threshold, 0.3
     tg.fields["heatmap"][0, 1, 12, 1] = 0.5
     tg.fields["label_bev"][0] = 5.0  # zero-filled in a real batch; never read here anyway
     terms = recipe(leaves(out), make_batch([False], tg))

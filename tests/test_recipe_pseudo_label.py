@@ -1,5 +1,5 @@
 """The pseudo_label recipe (distill/pseudo_label.py), ``a+b`` recipes (distill/recipes.py
-``Combined``) and the label budget (stages/train_student.py ``label_budget``).
+``Combined``) and the label budget (datasets/budget.py).
 
 Pseudo targets of a real cached frame are checked against its raw store boxes moved by hand
 with the frame's own flip and rotation; the threshold is applied by hand; the soft loss is
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from stage_helpers import cached_world, small_config
 from test_distill_losses import C, H, W, close, cmkd_targets, fake_output, make_batch, small_cfg
 
+from bevkd.datasets import budget
 from bevkd.datasets.cached import CachedTargets
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame
@@ -147,20 +147,61 @@ def test_boxes_below_their_threshold_add_nothing(soft: bool) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def cell_box(col: float, row_: float, score: float, label: int, **kw: float) -> list[float]:
+    """A store row whose centre sits at fractional cell ``(col, row_)`` of small_cfg's grid
+    (16 x 16 cells of 0.8 m from -6.4 m): ``row(-6.4 + 0.8 * col, -6.4 + 0.8 * row_, ...)``."""
+    return row(-6.4 + 0.8 * col, -6.4 + 0.8 * row_, score, label, **kw)
+
+
+def saturated_output(positives: dict[tuple[int, int, int, int], float]) -> StudentOutput:
+    """A head of logit -30 everywhere (its focal negatives add ~1e-39 a cell) but ``logit`` at
+    (frame, class, row, col) in ``positives``, and a zero box map: CenterPoint's loss is then
+    sum_pos (1 - s)^2 (-log s) / #pos plus ~0, and the L1 the targets' own magnitudes."""
+    out = fake_output()
+    with torch.no_grad():
+        out.head.heatmap.fill_(-30.0)
+        for (b, k, i, j), logit in positives.items():
+            out.head.heatmap[b, k, i, j] = logit
+        out.head.regression.zero_()
+    return out
+
+
+def focal_pos(z: float) -> float:
+    """CenterPoint's focal loss at a positive (target 1) of logit ``z``: (1 - s)^2 (-log s)."""
+    s = 1.0 / (1.0 + math.exp(-z))
+    return (1.0 - s) ** 2 * -math.log(s)
+
+
+def l1_target(dx: float, dy: float, yaw: float) -> float:
+    """sum_c code_weight_c |target_c| of a ``row`` box (z -0.5, l 0.8, w 0.6, h 1.5, v (0.5,
+    -0.25)) at cell offsets (dx, dy) against a zero box map; code weights 1 x 8, 0.2 x 2."""
+    sizes = abs(math.log(0.8)) + abs(math.log(0.6)) + abs(math.log(1.5))
+    return dx + dy + 0.5 + sizes + abs(math.sin(yaw)) + abs(math.cos(yaw)) + 0.2 * (0.5 + 0.25)
+
+
 def test_hard_mode_is_centerpoints_detection_loss_on_the_kept_boxes() -> None:
     cfg = small_cfg("student.recipe=pseudo_label", "distill.pseudo_weight=2.0")
-    out = fake_output()
     frames = [
-        rows(row(1.0, -2.0, 0.9, 0), row(-3.0, 3.0, 0.2, 1), row(-4.0, -4.0, 0.35, 8)),
-        rows(row(2.5, 2.5, 0.31, 1, yaw=-2.0), row(0.0, 0.0, 0.05, 0)),
+        rows(
+            cell_box(9.25, 5.5, 0.9, 0),  # kept: car at cell (row 5, col 9), offsets .25, .5
+            cell_box(6.5, 12.5, 0.2, 1),  # dropped (< 0.3)
+            cell_box(3.5, 2.5, 0.35, 8),  # kept: pedestrian at (2, 3)
+        ),
+        rows(
+            cell_box(11.5, 11.5, 0.31, 1, yaw=-2.0),  # kept: truck at (11, 11)
+            cell_box(8.5, 8.5, 0.05, 0),  # dropped
+        ),
     ]
+    # The kept boxes' centres (in their class) get logits 0, 1 and -1; a dropped box, were it
+    # kept, would be a positive of logit -30 there (a loss of about 30).
+    out = saturated_output({(0, 0, 5, 9): 0.0, (0, 8, 2, 3): 1.0, (1, 1, 11, 11): -1.0})
     terms = build_recipe(cfg).kd_terms(out, box_batch([False, False], frames))
-    boxes, labels = hand_targets(frames)
-    assert [len(b) for b in boxes] == [2, 1]
-    targets = build_targets(boxes, labels, cfg.grid.bev_grid, K, cfg.head)
-    det = detection_loss(out.head, targets, cfg.head)
-    close(terms["pseudo_heatmap"], 2.0 * det["heatmap"].item())
-    close(terms["pseudo_regression"], 2.0 * det["regression"].item())
+    # pseudo_weight 2 x head.heatmap_weight 1 x the focal loss over its 3 positives
+    heatmap = 2.0 * 1.0 * (focal_pos(0.0) + focal_pos(1.0) + focal_pos(-1.0)) / 3
+    close(terms["pseudo_heatmap"], heatmap)
+    # pseudo_weight 2 x head.regression_weight 0.25 x the L1 per box
+    boxes = l1_target(0.25, 0.5, 0.3) + l1_target(0.5, 0.5, 0.3) + l1_target(0.5, 0.5, -2.0)
+    close(terms["pseudo_regression"], 2.0 * 0.25 * boxes / 3)
 
 
 def softplus(z: float) -> float:
@@ -270,19 +311,17 @@ def test_a_box_off_the_grid_does_not_take_the_score_of_an_edge_box_in_soft_mode(
 
 
 def test_a_labelled_frame_uses_teacher_boxes_only_with_pseudo_on_labelled() -> None:
-    out = fake_output()
-    teacher = [rows(row(1.0, -2.0, 0.9, 0)), rows(row(-3.0, 3.0, 0.8, 1))]
+    teacher = [rows(cell_box(9.25, 5.5, 0.9, 0)), rows(cell_box(3.5, 12.5, 0.8, 1))]
     batch = box_batch([True, False], teacher)  # frame 0 has GT and teacher boxes
+    # Teacher centres: frame 0 car at (5, 9) with logit 0.5; frame 1 truck at (12, 3), 1.5.
+    out = saturated_output({(0, 0, 5, 9): 0.5, (1, 1, 12, 3): 1.5})
     recipe = build_recipe(small_cfg("student.recipe=pseudo_label"))
     boxes, labels, scores = recipe.pseudo_targets(batch)
     assert [len(b) for b in boxes] == [0, 1] and len(labels[0]) == len(scores[0]) == 0
     terms = recipe.kd_terms(out, batch)
-    only = detection_loss(
-        head_of(out, [1]), build_targets(boxes[1:], labels[1:], recipe.grid, K, recipe.head_cfg),
-        recipe.head_cfg,
-    )  # fmt: skip
-    close(terms["pseudo_heatmap"], only["heatmap"].item())
-    close(terms["pseudo_regression"], only["regression"].item())
+    # frame 1 alone: one positive; its box at offsets (0.5, 0.5)
+    close(terms["pseudo_heatmap"], focal_pos(1.5))
+    close(terms["pseudo_regression"], 0.25 * l1_target(0.5, 0.5, 0.3))
     # The GT terms still see frame 0's GT.
     assert recipe(out, batch)["gt_heatmap"].item() > 0
 
@@ -292,11 +331,9 @@ def test_a_labelled_frame_uses_teacher_boxes_only_with_pseudo_on_labelled() -> N
     boxes, labels, _ = asked.pseudo_targets(batch)
     assert [len(b) for b in boxes] == [1, 1] and torch.equal(boxes[0], teacher[0][:, :9])
     terms = asked.kd_terms(out, batch)
-    both = detection_loss(
-        out.head, build_targets(boxes, labels, asked.grid, K, asked.head_cfg), asked.head_cfg
-    )
-    close(terms["pseudo_heatmap"], both["heatmap"].item())
-    close(terms["pseudo_regression"], both["regression"].item())
+    close(terms["pseudo_heatmap"], (focal_pos(0.5) + focal_pos(1.5)) / 2)
+    both = l1_target(0.25, 0.5, 0.3) + l1_target(0.5, 0.5, 0.3)
+    close(terms["pseudo_regression"], 0.25 * both / 2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -435,39 +472,10 @@ def frame(token: str, has_label: bool = True) -> Frame:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("fraction", "count"), [(0.25, 10), (0.3, 12), (0.01, 1), (0.001, 1)])
-def test_label_budget_keeps_a_fixed_seeded_fraction_whatever_the_order(
-    fraction: float, count: int
-) -> None:
-    frames = [frame(f"t{i:02d}") for i in range(40)] + [frame(f"u{i}", False) for i in range(5)]
-    out, kept = train_student.label_budget(frames, fraction, seed=0)
-    assert len(kept) == count == max(1, round(fraction * 40)) and kept == sorted(kept)
-    assert [f.token for f in out] == [f.token for f in frames]  # same frames, same order
-    assert {f.token for f in out if f.has_label} == set(kept)
-    for before, after in zip(frames, out, strict=True):
-        if after.token in kept or not before.has_label:
-            assert after is before
-        else:  # hidden: no label, no box, nothing derived from one
-            assert not after.has_label and after.boxes.shape == (0, 9)
-            assert after.labels.shape == after.num_lidar_pts.shape == (0,)
-    assert train_student.label_budget(frames, fraction, seed=0)[1] == kept
-    shuffled = frames[:]
-    random.Random(1).shuffle(shuffled)
-    assert train_student.label_budget(shuffled, fraction, seed=0)[1] == kept
-    if count > 1:
-        assert train_student.label_budget(frames, fraction, seed=1)[1] != kept
-
-
-def test_a_full_budget_changes_nothing() -> None:
-    frames = [frame("b"), frame("a"), frame("u", False)]
-    out, kept = train_student.label_budget(frames, 1.0, seed=3)
-    assert all(a is b for a, b in zip(out, frames, strict=True)) and kept == ["a", "b"]
-
-
 def test_labeled_fraction_must_be_in_0_1() -> None:
     for bad in ("0", "1.5", "-0.2"):
         with pytest.raises(ConfigError, match="labeled_fraction"):
-            small_cfg(f"student.labeled_fraction={bad}")
+            small_cfg(f"data.labeled_fraction={bad}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -618,14 +626,15 @@ def test_training_frames_put_hidden_frames_in_the_pool_only_when_unlabeled(
     world: dict[str, Any],
 ) -> None:
     store = open_store(world["url"])
-    cfg = _student(world, "student.labeled_fraction=0.5", "student.label_seed=4")
+    cfg = _student(world, "data.labeled_fraction=0.5", "data.label_seed=4",
+                   "student.teacher_saw_hidden_labels=true")  # fmt: skip
     train, unlabeled = load_frames(cfg, "train"), load_frames(cfg, "unlabeled")
-    _, kept = train_student.label_budget(train, 0.5, 4)
+    kept = list(budget.choose(cfg.data, train).kept)
     assert len(train) == 3 and len(kept) == 2  # round(1.5)
     said: list[str] = []
     only = train_student.training_frames(cfg, store, said.append)
     assert {f.token for f in only} == set(kept) and all(f.has_label for f in only)
-    assert "label budget: 2 labelled train frames" in said[0] and "left out" in said[0], said
+    assert "label budget: 2 of 3 labelled train frames" in said[0] and "left out" in said[0], said
     semi = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, unlabeled=True))
     pool = train_student.training_frames(semi, store, lambda _: None)
     # the labelled frames first, then the hidden one, then the unlabeled split
@@ -644,13 +653,13 @@ def test_no_gt_derived_field_reaches_a_frame_whose_labels_were_hidden(
         world["root"], "model.kind=camera", "student.recipe=labeldistill",
         f"student.store={world['url']}", "student.bev_channels=12", "model.bev_channels=16",
         "model.label_encoder_channels=8", "distill.bev_scales=[1, 2]", "student.unlabeled=true",
-        "student.labeled_fraction=0.5", "student.label_seed=4",
+        "data.labeled_fraction=0.5", "data.label_seed=4", "student.teacher_saw_hidden_labels=true",
     )  # fmt: skip
     _, dataset = train_student.build(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
     assert isinstance(dataset, CachedTargets)
     assert {"label_bev", "label_bev_s2"} <= set(dataset.fields)
     assert open_store(world["url"]).contract.field("label_bev").labeled_only
-    _, kept = train_student.label_budget(load_frames(cfg, "train"), 0.5, 4)
+    kept = budget.choose(cfg.data, load_frames(cfg, "train")).kept
     hidden = {f.token for f in load_frames(cfg, "train")} - set(kept)
     seen = {"hidden": 0, "kept": 0}
     items = [dataset[(0, i)] for i in range(len(dataset))]
@@ -678,14 +687,14 @@ def test_a_pseudo_label_run_records_the_frames_whose_labels_it_kept(
 
     out = tmp_path / "run"
     cfg = _student(
-        world, "student.unlabeled=true", "student.labeled_fraction=0.5",
-        "distill.pseudo_threshold=0.1", "train.epochs=1", f"train.out_dir={out}",
+        world, "student.unlabeled=true", "data.labeled_fraction=0.5",
+        "student.teacher_saw_hidden_labels=true", "distill.pseudo_threshold=0.1", "train.epochs=1", f"train.out_dir={out}",
         "train.log_every=1",
     )  # fmt: skip
     result = train_student.run(cfg)
     assert result.steps == 3  # 2 labelled + 1 hidden + 3 unlabelled frames, 2 per step
     listed = (out / "labeled_frames.txt").read_text().splitlines()
-    assert listed == train_student.label_budget(load_frames(cfg, "train"), 0.5, 0)[1]
+    assert listed == list(budget.choose(cfg.data, load_frames(cfg, "train")).kept)
     assert len(listed) == 2
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(out / name)["labeled_tokens"] == listed, name

@@ -22,11 +22,11 @@ from test_distill_losses import (
     H,
     W,
     bce_with_logits,
+    box_gaussian,
     close,
     make_batch,
     sigmoid,
     small_cfg,
-    smooth_l1,
     t,
 )
 from torch import nn
@@ -39,7 +39,6 @@ from bevkd.models.camera_student import StudentOutput, build_camera_student
 from bevkd.models.checkpoint import init_from_checkpoint, save_checkpoint
 from bevkd.models.outputs import HeadOutput
 from bevkd.models.sim_student import GeometryCompensation, SimStudent
-from bevkd.models.targets import gaussian_heatmaps
 from bevkd.pipeline.config import Config, ConfigError
 
 SIM = ("model.kind=camera_sim", "student.recipe=simdistill")
@@ -266,9 +265,21 @@ def test_expects_names_the_five_fields_with_their_shapes(cmd_field: str) -> None
     assert recipe.fused_adaptor(out.features["fused_bev"]).shape == (2, TEACHER_C, H, W)
 
 
-def test_default_weights_are_the_papers_feature_weights() -> None:
-    d = sim_cfg().distill
-    assert (d.imd_weight, d.cmd_weight, d.fused_weight) == (1.0, 100.0, 1.0)
+def test_default_weights_are_the_papers() -> None:
+    # No weight set: the recipe weighs each unit-weight term by the paper's 1 / 100 / 1 and
+    # MMD-P's 0.25 / 0.25 (its own defaults; a DistillConfig default of CMKD's would not do).
+    out, batch = sim_output(), two_box_batch(sim_targets())
+    unit = SimDistill(hand_cfg())
+    set_identity_adaptor(unit)
+    paper = build_recipe(sim_cfg(f"model.bev_channels={C}"))
+    assert isinstance(paper, SimDistill)
+    set_identity_adaptor(paper)
+    base, got = unit(out, batch), paper(out, batch)
+    papers = {"kd_imd": 1.0, "kd_cmd": 100.0, "kd_fused": 1.0, "kd_heatmap": 0.25,
+              "kd_regression": 0.25}  # fmt: skip
+    for name, weight in papers.items():
+        assert base[name].item() > 0, name
+        close(got[name], weight * base[name].item())
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,55 +338,76 @@ def test_kd_imd_and_kd_fused_skip_a_frame_without_the_field() -> None:
         close(recipe(out, batch)[term], expected)
 
 
-def cmd_mask_by_hand(batch: StudentBatch, recipe: SimDistill) -> list:
-    """Frame 0 (labelled): the summed GT gaussians; frame 1 (unlabelled): the teacher
-    heatmap's max over classes."""
-    gauss = rows(
-        gaussian_heatmaps(batch.gt_boxes, batch.gt_labels, recipe.grid, K, recipe.head_cfg)
-    )
+def cmd_mask_by_hand(batch: StudentBatch, threshold: float = 0.1) -> list:
+    """Frame 0 (labelled): the two GT boxes' gaussians summed, written out by hand (BOX's,
+    test_distill_losses.box_gaussian, twice: 2 at the centre, not clipped); frame 1
+    (unlabelled): the teacher heatmap's max over classes where it exceeds ``threshold``."""
+    gauss = box_gaussian()
     prob = rows(batch.targets.field("fusion_heatmap"))
-    labelled = [[sum(gauss[0][k][i][j] for k in range(K)) for j in range(W)] for i in range(H)]
-    teacher = [[max(prob[1][k][i][j] for k in range(K)) for j in range(W)] for i in range(H)]
+    labelled = [[2.0 * gauss[i][j] for j in range(W)] for i in range(H)]
+    peak = [[max(prob[1][k][i][j] for k in range(K)) for j in range(W)] for i in range(H)]
+    teacher = [[v if v > threshold else 0.0 for v in row] for row in peak]
     assert labelled[CENTRE[0]][CENTRE[1]] == pytest.approx(2.0)  # two peaks of 1: not clipped
+    assert any(0.0 < v <= threshold for row in peak for v in row)  # the cut is exercised
     return [labelled, teacher]
 
 
+def with_floor(batch: StudentBatch) -> StudentBatch:
+    """Frame 1's teacher heatmap brought down to a soft background (0.001-0.081) on its first
+    8 rows, like a real teacher's empty cells."""
+    batch.targets.fields["fusion_heatmap"][1, :, :8] *= 0.1
+    return batch
+
+
 def test_kd_cmd_masks_labelled_frames_by_gt_and_unlabelled_by_the_teacher() -> None:
-    recipe, out, batch, terms = hand_terms()
+    recipe = SimDistill(hand_cfg())
+    set_identity_adaptor(recipe)
+    out, batch = sim_output(), with_floor(two_box_batch(sim_targets()))
     adapted = [
         [[[max(v, 0.0) / math.sqrt(1 + 1e-5) for v in row] for row in ch] for ch in frame]
         for frame in rows(out.features["sim_lidar_bev"])
     ]
-    mask = cmd_mask_by_hand(batch, recipe)
+    mask = cmd_mask_by_hand(batch)
     expected = mse_by_hand(t(adapted), batch.targets.field("fusion_lidar_bev"), [True, True], mask)  # fmt: skip
-    close(terms["kd_cmd"], expected)
+    close(recipe(out, batch)["kd_cmd"], expected)
     # A frame without the CMD field is left out of the mean.
     lacking = two_box_batch(sim_targets(drop={1: "fusion_lidar_bev"}))
     only0 = mse_by_hand(t(adapted), lacking.targets.field("fusion_lidar_bev"), [True, False], mask)
     close(recipe(out, lacking)["kd_cmd"], only0)
+    # The cut on unlabelled frames follows distill.cmd_mask_threshold.
+    strict = SimDistill(hand_cfg("distill.cmd_mask_threshold=0.5"))
+    set_identity_adaptor(strict)
+    mask = cmd_mask_by_hand(batch, 0.5)
+    expected = mse_by_hand(t(adapted), batch.targets.field("fusion_lidar_bev"), [True, True], mask)  # fmt: skip
+    close(strict(out, batch)["kd_cmd"], expected)
 
 
 def test_kd_cmd_reads_distill_cmd_field() -> None:
     recipe = SimDistill(hand_cfg("distill.cmd_field=lidar_bev"))
     set_identity_adaptor(recipe)
     out = sim_output()
-    batch = two_box_batch(sim_targets(cmd_field="lidar_bev"))
+    batch = with_floor(two_box_batch(sim_targets(cmd_field="lidar_bev")))
     adapted = torch.relu(out.features["sim_lidar_bev"]) / math.sqrt(1 + 1e-5)
-    mask = cmd_mask_by_hand(batch, recipe)
+    mask = cmd_mask_by_hand(batch)
     expected = mse_by_hand(adapted, batch.targets.field("lidar_bev"), [True, True], mask)
     close(recipe(out, batch)["kd_cmd"], expected)
 
 
-def qfl_by_hand(z: torch.Tensor, p: torch.Tensor, threshold: float = 0.1) -> float:
-    """sum BCE(z, p) |sigmoid(z) - p|^2 / #{p > threshold}, over both frames."""
-    num, count = 0.0, 0
+def qfl_by_hand(z: torch.Tensor, p: torch.Tensor) -> float:
+    """sum BCE(z, p) |sigmoid(z) - p|^2 / (H * W), summed over the frames given: each frame's
+    mean per cell, as the released code's double sigmoid ends up normalising."""
+    num = 0.0
     for zb, pb in zip(rows(z), rows(p), strict=True):
         for zk, pk in zip(zb, pb, strict=True):
             for zr, pr in zip(zk, pk, strict=True):
                 for zv, pv in zip(zr, pr, strict=True):
                     num += bce_with_logits(zv, pv) * (sigmoid(zv) - pv) ** 2
-                    count += pv > threshold
-    return num / max(count, 1)
+    return num / (H * W)
+
+
+def smooth_l1_ninth(d: float) -> float:
+    """SmoothL1 with SimDistill's beta 1/9: 4.5 d^2 inside |d| < 1/9, |d| - 1/18 outside."""
+    return 4.5 * d * d if abs(d) < 1.0 / 9.0 else abs(d) - 1.0 / 18.0
 
 
 def test_kd_heatmap_is_qfl_against_the_teacher_probabilities() -> None:
@@ -406,8 +438,23 @@ def test_kd_regression_is_smooth_l1_at_gt_centres_of_labelled_frames() -> None:
     r = rows(batch.targets.field("fusion_box_regression"))[0]
     cw = recipe.code_weights
     i, j = CENTRE
-    expected = sum(cw[c] * smooth_l1(s[c][i][j] - r[c][i][j]) for c in range(10)) / 1
+    # summed per frame over the frames that can hold a centre (labelled, response cached): 1
+    expected = sum(cw[c] * smooth_l1_ninth(s[c][i][j] - r[c][i][j]) for c in range(10)) / 1
     close(terms["kd_regression"], expected)
+    # Frame 1 labelled (its GT box has the same centre): both centres, over 2 frames.
+    both = make_batch([True, True], batch.targets)
+    both.gt_boxes[0], both.gt_labels[0] = batch.gt_boxes[0], batch.gt_labels[0]
+    r1 = rows(batch.targets.field("fusion_box_regression"))[1]
+    s1 = rows(out.head.regression)[1]
+    frame1 = sum(cw[c] * smooth_l1_ninth(s1[c][i][j] - r1[c][i][j]) for c in range(10))
+    close(recipe(out, both)["kd_regression"], (expected + frame1) / 2)
+    # Two boxes two cells apart in frame 0 alone: a sum over its two centres, over 1 frame
+    # (a mean per box would halve it).
+    apart = make_batch([True, False], batch.targets)
+    apart.gt_boxes[0] = t([BOX, [BOX[0] + 1.6, *BOX[1:]]])
+    apart.gt_labels[0] = torch.tensor([0, 0])
+    second = sum(cw[c] * smooth_l1_ninth(s[c][i][j + 2] - r[c][i][j + 2]) for c in range(10))
+    close(recipe(out, apart)["kd_regression"], expected + second)
     out.head.regression.retain_grad()
     terms["kd_regression"].backward()
     grad = out.head.regression.grad
@@ -457,7 +504,9 @@ def real_run(cfg: Config) -> tuple[SimStudent, SimDistill, StudentBatch]:
 
 
 def test_gradients_reach_every_student_and_adaptor_parameter_never_the_targets() -> None:
-    student, recipe, batch = real_run(sim_cfg())
+    # A box weight other than the GT head's 0.25: at one centre both L1-like gradients are
+    # +-0.25, and where teacher and GT lie either side of the student they cancel exactly.
+    student, recipe, batch = real_run(sim_cfg("distill.regression_weight=0.3"))
     assert isinstance(recipe.fused_adaptor, nn.Conv2d)  # 8 student -> 64 teacher channels
     terms = recipe(student(batch), batch)
     sum(terms.values()).backward()

@@ -23,13 +23,16 @@ from bevkd.stages import cache_teacher, teacher_runner
 from bevkd.storage.reader import open_store
 from bevkd.storage.verify import verify_store
 
+# Every store here also holds the opt-in map-to-BEV field lidar_bev_pre (CMKD's layer).
+WITH_PRE = "cache.lidar_bev_pre=true"
+
 
 @pytest.fixture(scope="module")
 def world(tiny_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("cache_world")
     root = copy_dataset(tiny_nuscenes, base / "data")
     teachers = make_teachers(root, base / "teachers")
-    cfg = cache_config(root, teachers, base / "single.zarr")
+    cfg = cache_config(root, teachers, base / "single.zarr", WITH_PRE)
     result = cache_teacher.run(cfg)
     return {"base": base, "root": root, "teachers": teachers, "cfg": cfg, "result": result}
 
@@ -82,6 +85,7 @@ def test_cached_fields_equal_a_direct_forward_within_recorded_error(world: dict)
         pairs = {
             "lidar_bev": direct.features["lidar_bev"],
             "lidar_bev_s2": direct.features["lidar_bev_s2"],
+            "lidar_bev_pre": direct.features["lidar_bev_pre"],
             "heatmap": torch.sigmoid(direct.head.heatmap),  # stored as probabilities by default
             "box_regression": direct.head.regression,
         }
@@ -91,12 +95,27 @@ def test_cached_fields_equal_a_direct_forward_within_recorded_error(world: dict)
         assert errors["lidar_bev"]["max_abs"] > 0  # the default codec is lossy: a real bound
 
 
+def test_lidar_bev_pre_is_the_map_to_bev_output_and_only_written_when_asked(world: dict) -> None:
+    """``cache.lidar_bev_pre`` adds the teacher's map-to-BEV output (before its 2D backbone) as
+    a ``bev_feature`` of the encoder's channels on the BEV grid, with the kind's codec; off by
+    default, so stores and students that never asked for it are unchanged."""
+    cfg = world["cfg"]
+    spec = open_store(cfg.store.url).contract.field("lidar_bev_pre")
+    model, _, _ = teacher_runner.load_teacher_once(cfg.cache.lidar_checkpoint, torch.device("cpu"))
+    assert spec.kind == "bev_feature" and spec.codec == "uint8" and not spec.labeled_only
+    assert spec.shape == (model.encoder.out_channels, *cfg.grid.bev_shape)
+    assert spec.shape[0] != cfg.model.bev_channels  # not lidar_bev's width: its own layer
+    assert "lidar_bev_pre" in teacher_runner.wanted_features("lidar", (1,), map_to_bev=True)
+    assert "lidar_bev_pre" not in teacher_runner.wanted_features("lidar", (1, 2))
+    assert type(cfg.cache)().lidar_bev_pre is False  # opt-in
+
+
 def test_overlapping_shard_tasks_in_one_process_write_the_same_store(world: dict) -> None:
     # Two shard tasks in flight (the GPU default): forwards take turns on the device lock while
     # the other task loads or writes. Same process, same torch threads: bit-identical.
     cfg = cache_config(
         world["root"], world["teachers"], world["base"] / "overlap.zarr",
-        "cache.threads_per_worker=2",
+        "cache.threads_per_worker=2", WITH_PRE,
     )  # fmt: skip
     cache_teacher.run(cfg)
     single, overlap = _all_arrays(world["cfg"].store.url), _all_arrays(cfg.store.url)
@@ -107,7 +126,7 @@ def test_overlapping_shard_tasks_in_one_process_write_the_same_store(world: dict
 
 def test_two_worker_local_cluster_writes_the_same_store(world: dict) -> None:
     cfg = cache_config(
-        world["root"], world["teachers"], world["base"] / "dask.zarr", "cache.n_workers=2"
+        world["root"], world["teachers"], world["base"] / "dask.zarr", "cache.n_workers=2", WITH_PRE
     )
     cache_teacher.run(cfg)
     single, dask = _all_arrays(world["cfg"].store.url), _all_arrays(cfg.store.url)

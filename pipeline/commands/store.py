@@ -140,8 +140,8 @@ def gt_from_provenance(store: Any, frame: int | str) -> Any:
     import yaml
 
     from bevkd.datasets.dataset import find_frame
-    from bevkd.pipeline.config import Config, from_dict
+    from bevkd.pipeline.config import recorded_config
 
-    cfg = from_dict(Config, yaml.safe_load(store.provenance["config"]))
+    cfg = recorded_config(yaml.safe_load(store.provenance["config"]))
     i = store.index_of(frame) if isinstance(frame, str) else int(frame)
     return find_frame(cfg, store.tokens[i]).boxes
