@@ -243,6 +243,11 @@ def arm_table(runs: dict[str, list[dict]], teacher: str) -> list[str]:
 
 
 def verdict_lines(runs: dict[str, list[dict]]) -> list[str]:
+    """The verdict table of :func:`judged_claims`."""
+    return judged_claims(runs)[0]
+
+
+def judged_claims(runs: dict[str, list[dict]]) -> tuple[list[str], dict]:
     """Every claim of :data:`CLAIMS` whose two arms ran, judged on car AP and mAP by Welch's
     t-test with a Holm correction over the whole block (:func:`verdicts.verdict_table`)."""
     from bevkd.stages import verdicts
@@ -254,9 +259,38 @@ def verdict_lines(runs: dict[str, list[dict]]) -> list[str]:
         for column, pick in (("car AP", car), ("mAP", lambda m: float(m["mAP"])))
     }
     if not pairs:
-        return []
-    table, _ = verdicts.verdict_table(pairs, ["car AP", "mAP"])
-    return ["Verdicts (a claim holds when its first arm is higher):", "", *table]
+        return [], {}
+    table, judged = verdicts.verdict_table(pairs, ["car AP", "mAP"])
+    return ["Verdicts (a claim holds when its first arm is higher):", "", *table], judged
+
+
+def readme_block(runs: dict[str, list[dict]]) -> str:
+    """The README's few-labels block: the honest arms' car AP and what holds, nothing else."""
+    from bevkd.stages import verdicts
+
+    rows = [
+        f"| {name}{dagger(runs[name])} | {TEACHER_SAW[arm.teacher]} | {len(runs[name])} | "
+        f"{mean_std([car(m) for m in runs[name]])} |"
+        for name, arm in ARMS.items()
+        if arm.teacher in ("none", "honest") and runs.get(name)
+    ]
+    if not rows:
+        return "No few-labels arm has been evaluated by this code yet.\n"
+    _, judged = judged_claims(runs)
+    return "\n".join([
+        f"{LABELLED} of {LABELLED + HIDDEN} labelled frames keep their GT; the teachers "
+        f"trained on those {LABELLED} only. Car AP on val, mean ± std over seeds:",
+        "",
+        "| arm | teacher trained on | seeds | car AP |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "Welch's t-test, Holm over the block's comparisons (α = 0.05):",
+        "",
+        *verdicts.summary(judged),
+        *(["", *footnote([m for ms in runs.values() for m in ms])] if any(
+            dagger(ms) for ms in runs.values()) else []),
+    ]) + "\n"  # fmt: skip
 
 
 def report(metrics: dict[tuple[str, int], dict], quality: list[str]) -> str:
@@ -372,6 +406,7 @@ def main() -> None:
     quality = pseudo_label_quality(args.thresholds or [0.3])
     text = report(metrics, quality)
     write_block(Path("docs/results.md"), "few-labels", text)
+    write_block(Path("README.md"), "few-labels-readme", readme_block(by_arm(metrics)))
     (HERE / "metrics.json").write_text(
         json.dumps({f"{k[0]} seed {k[1]}": v for k, v in metrics.items()}, indent=1, default=str)
     )

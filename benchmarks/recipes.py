@@ -306,6 +306,24 @@ def claims(by_arm: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
     return [c for c in checks if c[1] in by_arm and c[2] in by_arm]
 
 
+def readme_block(by_arm: dict[str, list[dict[str, Any]]]) -> str:
+    """The README's recipes block: each arm's car AP and what holds of the seeds' directions
+    (:func:`bevkd.stages.verdicts.summary` of the same family as :func:`directions`)."""
+    from bevkd.stages.verdicts import summary
+
+    checks = claims(by_arm)
+    pairs = {(claim, metric): (values(by_arm[arm], metric), values(by_arm[against], metric))
+             for claim, arm, against in checks for metric in METRICS}  # fmt: skip
+    rows = [f"| {name} | {len(runs)} | {cell(values(runs, 'car AP'))} |"
+            for name, runs in by_arm.items()]  # fmt: skip
+    held = summary(verdict_table(pairs, METRICS)[1]) if pairs else []
+    return "\n".join([
+        "Car AP on val, mean ± std over seeds (`make results`):", "",
+        "| arm | seeds | car AP |", "|---|---|---|", *rows, "",
+        "Welch's t-test, Holm over the table's comparisons (α = 0.05):", "", *held,
+    ]) + "\n"  # fmt: skip
+
+
 def directions(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Every claim of :func:`claims` judged on mAP and car AP, one family (Welch's t, Holm over
     the table); the directions that do not hold are listed as findings."""
@@ -559,6 +577,7 @@ def main() -> None:
         plot_loss_curves(list(table), DOCS / "results_loss_curves.png")
         block = recipe_block(by_arm, args.seeds, args.headline_seeds)
         write_block(DOCS / "results.md", "recipes", block)
+        write_block(Path("README.md"), "recipes-readme", readme_block(by_arm))
         text += block
     by_codec = collect(["cmkd", *codec], args.seeds, args.headline_seeds)
     if any(name in by_codec for name in codec):

@@ -231,3 +231,19 @@ def verdict_table(
         cells = [judged[(row, c)].text if (row, c) in judged else "-" for c in columns]
         lines.append(f"| {row} | {' | '.join(cells)} |")
     return [*lines, "", family_line(judged, alpha, power)], judged
+
+
+def summary(judged: Mapping[tuple[str, str], Judged]) -> list[str]:
+    """What a front page may quote of a judged family keyed (claim, metric): the directions
+    that hold or are reversed, each with its test, then one line naming the rest (not
+    distinguishable or untested), so nothing that failed the test reads as a result."""
+    lines = [
+        f"- **{j.outcome.capitalize()}:** {claim} ({metric}): {j.text}"
+        for (claim, metric), j in judged.items()
+        if j.outcome in ("holds", "reversed")
+    ]
+    rest = [f"{claim} ({metric})" for (claim, metric), j in judged.items()
+            if j.outcome not in ("holds", "reversed")]  # fmt: skip
+    if rest:
+        lines.append("- Not distinguishable, or untested, at these seeds: " + "; ".join(rest) + ".")
+    return lines

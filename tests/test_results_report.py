@@ -196,3 +196,18 @@ def test_loss_curves_draw_the_loss_rows_not_the_validation_rows(
     curves = recipes.plot_loss_curves(list(recipes.table_arms()), out)
     assert curves == {name: ([10, 20], [3.0, 2.5]) for name in ("baseline", "cmkd", "cmkd online")}
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_block_quotes_only_what_holds(recipes: Any) -> None:
+    base = [0.20, 0.22, 0.24, 0.21, 0.23]
+    by_arm = {
+        "baseline": [{"mAP": c / 10, "NDS": 0.0, "class_ap": {"car": c}} for c in base],
+        "cmkd": [{"mAP": c / 10 + 0.01, "NDS": 0.0, "class_ap": {"car": c + 0.1}} for c in base],
+        "focal": [{"mAP": c / 10, "NDS": 0.0, "class_ap": {"car": c + 0.001 * (-1) ** i}}
+                  for i, c in enumerate(base)],
+    }  # fmt: skip
+    text = recipes.readme_block(by_arm)
+    assert "| cmkd | 5 | 0.320 ± 0.016 |" in text and "| baseline | 5 | 0.220 ± 0.016 |" in text
+    assert "- **Holds:** cmkd beats the baseline (car AP): holds (Δ +0.100" in text
+    assert "**Holds:** focal beats" not in text
+    assert "focal beats the baseline (car AP)" in text.split("Not distinguishable")[1]
