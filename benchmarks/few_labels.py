@@ -192,7 +192,10 @@ def finished(jobs: list[tuple]) -> dict[tuple[str, int], dict]:
     """The jobs already evaluated (in work/ or in the run ledger); nothing is trained."""
     from bevkd.stages.demo_students import arm_metrics
 
-    found = {key: arm_metrics(OUT / arm.folder) for key, arm, _, _ in jobs}
+    found = {
+        key: arm_metrics(OUT / arm.folder, None if ARMS[key[0]].teacher == "none" else store)
+        for key, arm, _, store in jobs
+    }
     return {key: m for key, m in found.items() if m is not None}
 
 

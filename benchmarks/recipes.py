@@ -219,12 +219,22 @@ def run(arms: dict[str, tuple[str, list[str]]], seeds: list[int], headline_seeds
 # ------------------------------------------------------------------------------------------
 
 
+def arm_store(name: str) -> str | None:
+    """The store an arm reads teacher fields from (None for the baseline, which reads none)."""
+    if name == "baseline":
+        return None
+    arms = {**table_arms(), **codec_arms()}
+    sets = arms[name][1] if name in arms else []
+    return next((x.split("=", 1)[1] for x in sets if x.startswith("student.store=")), STORE)
+
+
 def collect(names: list[str], seeds: list[int], headline_seeds: list[int]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Arm -> the evaluations of its finished seeds (in seed order; :func:`seeds_for`)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         chosen = seeds_for(name, seeds, headline_seeds)
-        runs = [m for s in chosen if (m := arm_metrics(OUT / folder(name, s))) is not None]
+        store = arm_store(name)
+        runs = [m for s in chosen if (m := arm_metrics(OUT / folder(name, s), store)) is not None]
         if runs:
             out[name] = runs
     return out

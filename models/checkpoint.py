@@ -62,6 +62,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def weights_sha256(payload: dict[str, Any]) -> str:
+    """sha256 over a checkpoint's weights alone (names, dtypes, shapes and bytes, in name
+    order): equal for two trainings that reached the same weights, where the file's own
+    sha256 differs by its timestamps and provenance."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(payload["model"].items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def checkpoint_config(payload: dict[str, Any]) -> Config:
     return recorded_config(payload["config"])
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from bevkd.distill.recipes import with_recipe_defaults
+from bevkd.distill.recipes import build_recipe, with_recipe_defaults
 from bevkd.pipeline.config import config_sha256, load_config
 from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.provenance import code_version
@@ -45,16 +45,25 @@ DEMO_ARMS: tuple[Arm, ...] = (
 )
 
 
-def arm_metrics(folder: Path) -> dict[str, Any] | None:
+def arm_metrics(folder: Path, store: str | None = None) -> dict[str, Any] | None:
     """A finished arm's final validation (``eval/metrics.json``, nuScenes, or
     ``eval/kitti_ap.json``, KITTI AP|R40), from its run folder or else from the run ledger
     (:mod:`bevkd.stages.run_ledger`: a fresh clone has no work/); None while neither has it.
     A result not made by this commit's clean tree (another commit, or uncommitted changes: a
     run just trained in a dirty tree too) carries ``"reused": {"commit", "dirty"}``, for the
-    report's † (:func:`bevkd.stages.run_ledger.dagger`)."""
+    report's † (:func:`bevkd.stages.run_ledger.dagger`). ``store``: the store the arm reads
+    teacher fields from now (None for an arm that reads none); a result recorded against a
+    store of other teachers, frames or codecs is not this arm's, and a run in work/ recorded
+    before the store's identity was gets this one's (it read this store)."""
     found = run_ledger.find(folder)
     if found is None:
         return None
+    if store is not None:
+        identity = run_ledger.store_identity(store)
+        if not run_ledger.store_matches(found[0], identity):
+            return None
+        if found[1] == "work" and found[0].get("store") is None and "config_sha256" in found[0]:
+            run_ledger.write(folder, {**found[0], "store": identity})
     metrics = dict(found[0]["metrics"])
     if (mark := run_ledger.code_mark(found[0].get("code", run_ledger.UNKNOWN))) is not None:
         metrics["reused"] = mark
@@ -72,7 +81,11 @@ def train_arm(
     ledger is trained again. A finished run is recorded in its folder and the ledger."""
     folder = out / arm.folder
     sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
-    wanted = config_sha256(with_recipe_defaults(load_config(arm.config, sets)))
+    cfg = with_recipe_defaults(load_config(arm.config, sets))
+    wanted = config_sha256(cfg)
+    # the store's identity, for an arm that reads teacher fields (a baseline reads none)
+    reads = build_recipe(cfg).expects
+    identity = run_ledger.store_identity(cfg.student.store) if reads else None
     saved = folder / "config.sha256"
     if saved.is_file() and saved.read_text().strip() != wanted:
         raise BevkdError(
@@ -86,10 +99,16 @@ def train_arm(
         and (found[0].get("config_sha256") != wanted or weights)
     ):
         found = None  # a ledger entry of another config, or one without the weights needed
+    if found is not None and not run_ledger.store_matches(found[0], identity):
+        click.echo(f"[students] {arm.name}: its result was trained on another {store} (other "
+                   "teachers, frames or codecs): training it again")  # fmt: skip
+        if found[1] == "ledger":
+            found = None
     if found is not None:
         entry, where = found
         mark = run_ledger.code_mark(entry.get("code", run_ledger.UNKNOWN))
-        if not (fresh and mark):
+        stale = not run_ledger.store_matches(entry, identity)
+        if not ((fresh and mark) or stale):
             made = (
                 f"; made by {mark['commit'][:10]}{' (dirty)' if mark['dirty'] else ''}"
                 if mark
@@ -98,8 +117,11 @@ def train_arm(
             click.echo(f"[students] {arm.name}: already trained ({where}: {folder}{made})")
             if where == "work" and "config_sha256" not in entry:  # a run older than the ledger
                 late = run_ledger.record(folder, arm.name, arm.config, wanted, entry["code"],
-                                         None, False, entry["metrics"])  # fmt: skip
+                                         None, False, entry["metrics"], identity)  # fmt: skip
                 run_ledger.write(folder, late)
+            elif where == "work" and identity is not None and entry.get("store") is None:
+                # recorded before the store's identity was: the store it read is this one
+                run_ledger.write(folder, {**entry, "store": identity})
             return arm_metrics(folder)  # type: ignore[return-value]
         if folder.exists():  # --fresh: train again, keep the old run beside it
             aside = folder.with_name(folder.name + ".replaced")
@@ -120,7 +142,9 @@ def train_arm(
         raise BevkdError(
             f"student '{arm.name}' failed (exit {exit_code}); the end of its log:\n{tail}"
         )
-    entry = run_ledger.record(folder, arm.name, arm.config, wanted, code, wall, resumed, metrics)
+    entry = run_ledger.record(
+        folder, arm.name, arm.config, wanted, code, wall, resumed, metrics, identity
+    )
     run_ledger.write(folder, entry)
     click.echo(f"[students] {arm.name}: {wall:.0f} s, {headline(metrics)}")
     return arm_metrics(folder)  # type: ignore[return-value]

@@ -87,9 +87,12 @@ def checkpoint_code(folder: Path) -> dict[str, Any]:
 def record(
     folder: Path, name: str, config: str, config_sha256: str, code: dict[str, Any],
     wall_s: float | None, resumed: bool, metrics: dict[str, Any],
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """A finished run's record (what ``run.json`` and the ledger hold)."""
+    """A finished run's record (what ``run.json`` and the ledger hold); ``store``: the
+    :func:`store_identity` of the store it read (None: it reads no teacher field)."""
     return {
+        "store": store,
         "arm": name,
         "config": config,
         "config_sha256": config_sha256,
@@ -126,6 +129,35 @@ def find(folder: Path) -> tuple[dict[str, Any], str] | None:
     if path is not None and path.is_file():
         return json.loads(path.read_text()), "ledger"
     return None
+
+
+def store_identity(url: str) -> dict[str, Any]:
+    """What a student learns from in a store, as a comparable record: each teacher's weights
+    (:func:`bevkd.models.checkpoint.weights_sha256`, equal for a teacher retrained to the same
+    weights in a fresh clone; the checkpoint file's sha256 where neither the store nor the
+    file gives them), the frames and the fields' codecs."""
+    from bevkd.models.checkpoint import load_checkpoint, weights_sha256
+    from bevkd.pipeline.provenance import sha256_file
+    from bevkd.storage.reader import open_store
+
+    store = open_store(url)
+    made = store.provenance
+    teachers = {}
+    for name, teacher in sorted(made.get("teachers", {}).items()):
+        weights = teacher.get("weights_sha256")
+        path = Path(teacher.get("checkpoint", ""))
+        if weights is None and path.is_file() and sha256_file(path) == teacher["checkpoint_sha256"]:
+            weights = weights_sha256(load_checkpoint(path))
+        teachers[name] = weights or f"file {teacher['checkpoint_sha256']}"
+    codecs = {f.name: f.codec for f in store.contract.fields}
+    return {"teachers": teachers, "frames": made.get("frame_tokens_sha256"), "codecs": codecs}
+
+
+def store_matches(entry: dict[str, Any], identity: dict[str, Any] | None) -> bool:
+    """Whether a recorded run learnt from the store ``identity`` describes: True when either
+    side does not say (a run that reads no store field, a record older than the check)."""
+    recorded = entry.get("store")
+    return recorded is None or identity is None or recorded == identity
 
 
 def code_mark(code: dict[str, Any]) -> dict[str, Any] | None:

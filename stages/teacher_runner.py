@@ -180,6 +180,7 @@ def describe_teachers(
 ) -> dict[str, Any]:
     """Provenance of each teacher: architecture, checkpoint path and sha256, its config sha and
     the labelled frames it saw (:func:`labels_seen`)."""
+    from bevkd.models.checkpoint import load_checkpoint, weights_sha256
     from bevkd.pipeline.config import config_sha256
 
     out = {}
@@ -194,6 +195,7 @@ def describe_teachers(
             "config_sha256": config_sha256(tcfg),
             "model": dataclasses.asdict(tcfg.model),
             "labeled_tokens": labels_seen(checkpoint_of(cfg, name)),
+            "weights_sha256": weights_sha256(load_checkpoint(checkpoint_of(cfg, name))),
         }
     return out
 

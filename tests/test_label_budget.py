@@ -256,3 +256,40 @@ def test_a_recorded_config_of_an_earlier_bevkd_moves_its_budget_keys() -> None:
         ConfigError, match=r"'student.labeled_fraction' is now 'data.labeled_fraction'"
     ):
         load_config(None, ["student.labeled_fraction=0.5"])
+
+
+def test_a_store_identity_is_its_teachers_weights_frames_and_codecs(
+    root: Path, stores: dict[str, Any], tmp_path: Path
+) -> None:
+    import json
+
+    from bevkd.stages.demo_students import arm_metrics
+    from bevkd.stages.run_ledger import store_identity
+
+    # "all" and "kept" hold the same seeded weights (only what they recorded seeing differs)
+    same = store_identity(stores["all"])
+    assert same == store_identity(stores["kept"])
+    assert set(same["teachers"]) == {"lidar", "label_encoder"} and "lidar_bev" in same["codecs"]
+    torch.manual_seed(7)  # other weights: another store
+    other_cfg = small_config(root, "model.kind=lidar")
+    other = save_checkpoint(tmp_path / "other.pt", build_teacher(other_cfg), other_cfg)
+    label = save_checkpoint(
+        tmp_path / "label.pt",
+        build_teacher(small_config(root, "model.kind=label_encoder", f"model.checkpoint={other}")),
+        small_config(root, "model.kind=label_encoder", f"model.checkpoint={other}"),
+    )
+    url = tmp_path / "other.zarr"
+    cache_teacher.run(cache_config(root, (other, label), url))
+    assert store_identity(str(url))["teachers"]["lidar"] != same["teachers"]["lidar"]
+    # A finished run recorded against one store is not the result of an arm reading the other.
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics.json").write_text(json.dumps({"mAP": 0.1, "class_ap": {"car": 0.2}}))
+    (run / "run.json").write_text(
+        json.dumps({"config_sha256": "x", "code": {"commit": "c", "dirty": False}})
+    )
+    assert arm_metrics(run, stores["all"])["mAP"] == 0.1  # no identity yet: this store's is noted
+    assert json.loads((run / "run.json").read_text())["store"] == same
+    assert arm_metrics(run, stores["kept"]) is not None  # same weights, frames and codecs
+    assert arm_metrics(run, str(url)) is None  # other teachers
+    assert arm_metrics(run) is not None  # an arm that reads no teacher field
