@@ -14,7 +14,7 @@ SET ?=
 ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two results clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two results few-labels clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,6 +53,9 @@ train-student: setup  ## train a camera student (default: demo CMKD + unlabeled 
 
 kitti-results: setup  ## KITTI monocular CMKD: train vs train + Eigen-clean vs the GT baseline (docs/kitti.md)
 	$(BIN)/python benchmarks/kitti_results.py $(ARGS)
+
+few-labels: setup  ## 25% labels + unlabelled frames: honest (budget teachers) and oracle-teacher arms, Welch + Holm (docs/results.md)
+	$(BIN)/python benchmarks/few_labels.py $(ARGS)
 
 results: setup  ## every recipe, +unlabeled, cached vs online (5 seeds baseline/cmkd/codecs, 3 the rest; Welch + Holm verdicts); store codec vs accuracy (docs/results.md)
 	$(BIN)/python benchmarks/recipes.py $(ARGS)
