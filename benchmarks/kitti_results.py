@@ -277,7 +277,8 @@ def main() -> None:
     if args.report_only:
         for arm in args.arms:
             for seed in args.seeds:
-                if (m := arm_metrics(last_folder(arm, seed))) is not None:
+                store = None if arm == BASELINE else STORE  # the baseline reads no teacher field
+                if (m := arm_metrics(last_folder(arm, seed), store)) is not None:
                     results[(arm, seed)] = m
     else:
         build_store()
