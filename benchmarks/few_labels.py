@@ -190,13 +190,30 @@ def run_parallel(jobs: list[tuple], parallel: int) -> dict[tuple[str, int], dict
 
 def finished(jobs: list[tuple]) -> dict[tuple[str, int], dict]:
     """The jobs already evaluated (in work/ or in the run ledger); nothing is trained."""
+    from bevkd.stages import run_ledger
     from bevkd.stages.demo_students import arm_metrics
 
-    found = {
-        key: arm_metrics(OUT / arm.folder, None if ARMS[key[0]].teacher == "none" else store)
-        for key, arm, _, store in jobs
-    }
-    return {key: m for key, m in found.items() if m is not None}
+    out = {}
+    for key, arm, _, store in jobs:
+        m = arm_metrics(OUT / arm.folder, None if ARMS[key[0]].teacher == "none" else store)
+        if m is not None:  # with the steps and frames its own log recorded
+            entry = run_ledger.find(OUT / arm.folder)
+            record = entry[0] if entry else {}
+            out[key] = {**m, "steps": record.get("steps"), "frames": record.get("frames")}
+    return out
+
+
+def logged(runs: list[dict], key: str) -> str:
+    """The steps (or labelled + unlabelled frames) the seeds' logs recorded: one value, or the
+    range; "?" for a run without a record."""
+    if key == "frames":
+        seen = {f"{m['frames']['labelled']} + {m['frames']['unlabelled']}" if m.get("frames")
+                else "?" for m in runs}  # fmt: skip
+        return ", ".join(sorted(seen))
+    steps = [m.get("steps") for m in runs]
+    if None in steps or not steps:
+        return "?"
+    return str(steps[0]) if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
 
 
 def car(m: dict[str, Any]) -> float:
@@ -224,8 +241,9 @@ def arm_table(runs: dict[str, list[dict]], teacher: str) -> list[str]:
     high = [car(m) for m in runs.get("baseline 100%", [])]
     gap = statistics.mean(high) - statistics.mean(low) if low and high else None
     lines = [
-        "| arm | teacher trained on | seeds | car AP | car AP per seed | mAP | NDS | gap closed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | teacher trained on | seeds | car AP | car AP per seed | mAP | NDS | gap closed "
+        "| steps | frames (labelled + unlabelled) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, arm in ARMS.items():
         if arm.teacher not in ("none", teacher) or not runs.get(name):
@@ -240,7 +258,8 @@ def arm_table(runs: dict[str, list[dict]], teacher: str) -> list[str]:
         lines.append(
             f"| {name}{marks} | {TEACHER_SAW[arm.teacher]} | {len(cars)} | {mean_std(cars)} | "
             f"{', '.join(f'{c:.3f}' for c in cars)} | {mean_std([m['mAP'] for m in runs[name]])} | "
-            f"{mean_std([m['NDS'] for m in runs[name]])} | {closed} |"
+            f"{mean_std([m['NDS'] for m in runs[name]])} | {closed} | "
+            f"{logged(runs[name], 'steps')} | {logged(runs[name], 'frames')} |"
         )
     return lines
 
@@ -305,8 +324,9 @@ def report(metrics: dict[tuple[str, int], dict], quality: list[str]) -> str:
         "",
         f"{LABELLED} of the {LABELLED + HIDDEN} labelled demo train frames keep their GT "
         f"(data.labeled_fraction 0.25, label_seed 0); the {HIDDEN} hidden frames and the "
-        f"{SWEEPS} sweeps are unlabelled. About {STEPS} steps of batch {BATCH} per arm, frames "
-        "shuffled together. nuScenes devkit on the 24 val frames.",
+        f"{SWEEPS} sweeps are unlabelled. Every arm aims at {STEPS} optimizer steps of batch "
+        f"{BATCH} (its epochs set from its frame count; the steps and frames columns are what "
+        "its own log recorded), frames shuffled together. nuScenes devkit on the val split.",
         "",
         f"### Honest: teacher and label encoder trained on the {LABELLED} kept frames only",
         "",

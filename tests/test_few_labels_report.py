@@ -116,3 +116,16 @@ def test_the_readme_block_quotes_only_what_holds(few: Any) -> None:
     assert "Not distinguishable, or untested, at these seeds: " in text
     assert "cmkd (honest) beats the baseline (car AP)" in text.split("Not distinguishable")[1]
     assert "oracle teacher |" not in text  # the README's table is the honest one
+
+
+def test_steps_and_frames_come_from_the_runs_logs(few: Any) -> None:
+    runs = [
+        {"steps": 500, "frames": {"labelled": 18, "unlabelled": 126}},
+        {"steps": 504, "frames": {"labelled": 18, "unlabelled": 126}},
+    ]
+    assert few.logged(runs, "steps") == "500-504" and few.logged(runs[:1], "steps") == "500"
+    assert few.logged(runs, "frames") == "18 + 126"
+    assert few.logged([{}], "steps") == "?" and few.logged([{}], "frames") == "?"
+    metrics = {("baseline 25%", 0): {**_m(0.2), "steps": 500, "frames": runs[0]["frames"]}}
+    table = "\n".join(few.arm_table(few.by_arm(metrics), "honest"))
+    assert table.splitlines()[2].endswith("| 500 | 18 + 126 |")
