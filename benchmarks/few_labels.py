@@ -373,20 +373,20 @@ def pseudo_label_quality(thresholds: list[float]) -> list[str]:
         f"{HIDDEN} hidden train frames alone (`--set eval.eval_set=train "
         "eval.sample_tokens=<their list>`):",
         "",
-        "| teacher trained on | frames | score threshold | boxes | mAP | car AP |",
+        "| teacher trained on | frames (scored) | score threshold | boxes | mAP | car AP |",
         "|---|---|---|---|---|---|",
     ]
     for teacher, url in (("honest", HONEST_STORE), ("oracle", ORACLE_STORE)):
         store = open_store(url)
-        for where, sets_ in (("val (24)", ["eval.eval_set=val"]),
-                             (f"hidden train ({HIDDEN})",
-                              ["eval.eval_set=train", f"eval.sample_tokens={listed}"])):  # fmt: skip
+        for where, sets_ in (("val", ["eval.eval_set=val"]),
+                             ("hidden train", ["eval.eval_set=train",
+                                               f"eval.sample_tokens={listed}"])):  # fmt: skip
             cfg = store_config(store, None, sets_)
             out = HERE / "pseudo_quality" / f"{teacher}_{where.split()[0]}"
             for t, r in sweep(cfg, store, "boxes", thresholds, out).items():
                 lines.append(
-                    f"| {TEACHER_SAW[teacher]} | {where} | {t:g} | {r['store']['num_boxes']} | "
-                    f"{r['mAP']:.3f} | {r['class_ap']['car']:.3f} |"
+                    f"| {TEACHER_SAW[teacher]} | {where} ({r['num_samples']}) | {t:g} | "
+                    f"{r['store']['num_boxes']} | {r['mAP']:.3f} | {r['class_ap']['car']:.3f} |"
                 )
     return lines
 
