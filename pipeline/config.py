@@ -550,7 +550,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
             if (renamed := RENAMED_KEYS.get(path, "")) is None or renamed:
-                now = f"'{renamed}'" if renamed else "no key: it was removed"
+                names = (renamed,) if isinstance(renamed, str) else renamed or ()
+                now = " and ".join(f"'{n}'" for n in names) or "no key: it was removed"
                 raise ConfigError(f"config key '{path}' is now {now}")
             raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], path)
@@ -561,12 +562,16 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
 # bevkd: old dotted key -> its new key, or None where the key is gone (its value is dropped).
 # Only recorded configs are upgraded; a YAML file or --set with an old key is an error that
 # names the new one.
-RENAMED_KEYS: dict[str, str | None] = {
+RENAMED_KEYS: dict[str, str | tuple[str, ...] | None] = {
     "student.labeled_fraction": "data.labeled_fraction",
     "student.label_seed": "data.label_seed",
-    # one threshold for four uses until issue 24; each use now has its own key and value
-    "distill.heatmap_threshold": None,
-}
+    # one threshold for four uses until issue 24: a recorded value goes to each of them. (Its
+    # soft box term was then a confidence-weighted mean, which no key expresses now.)
+    "distill.heatmap_threshold": (
+        "distill.qfl_threshold", "distill.bev_mask_threshold",
+        "distill.unlabelled_mask_threshold", "distill.cmd_mask_threshold",
+    ),
+}  # fmt: skip
 
 
 def _pop(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -584,8 +589,9 @@ def upgrade_recorded(data: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(data))
     for old, new in RENAMED_KEYS.items():
         found, value = _pop(out, old)
-        if found and new is not None:
-            *parents, leaf = new.split(".")
+        targets = () if new is None else (new,) if isinstance(new, str) else new
+        for target in targets if found else ():
+            *parents, leaf = target.split(".")
             node = out
             for part in parents:
                 node = node.setdefault(part, {})

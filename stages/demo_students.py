@@ -45,25 +45,45 @@ DEMO_ARMS: tuple[Arm, ...] = (
 )
 
 
-def arm_metrics(folder: Path, store: str | None = None) -> dict[str, Any] | None:
+def arm_config_sha256(arm: Arm, out: Path, store: str, data_root: str,
+                      extra: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """The sha256 of the resolved config :func:`train_arm` trains ``arm`` with."""
+    return config_sha256(with_recipe_defaults(load_config(arm.config, arm_sets(arm, out, store, data_root, extra))))  # fmt: skip
+
+
+def arm_sets(arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, ...]) -> list[str]:
+    return [f"data.root={data_root}", f"student.store={store}",
+            f"train.out_dir={out / arm.folder}", *extra]  # fmt: skip
+
+
+def arm_metrics(
+    folder: Path, store: str | None = None, config_sha256: str | None = None
+) -> dict[str, Any] | None:
     """A finished arm's final validation (``eval/metrics.json``, nuScenes, or
     ``eval/kitti_ap.json``, KITTI AP|R40), from its run folder or else from the run ledger
     (:mod:`bevkd.stages.run_ledger`: a fresh clone has no work/); None while neither has it.
     A result not made by this commit's clean tree (another commit, or uncommitted changes: a
     run just trained in a dirty tree too) carries ``"reused": {"commit", "dirty"}``, for the
-    report's † (:func:`bevkd.stages.run_ledger.dagger`). ``store``: the store the arm reads
-    teacher fields from now (None for an arm that reads none); a result recorded against a
-    store of other teachers, frames or codecs is not this arm's, and a run in work/ recorded
-    before the store's identity was gets this one's (it read this store)."""
+    report's † (:func:`bevkd.stages.run_ledger.dagger`). ``config_sha256``: the resolved
+    config the arm trains with (:func:`arm_config_sha256`); a result of another is not this
+    arm's. ``store``: the store the arm reads teacher fields from (None for an arm that reads
+    none); a result recorded against a store of other teachers, labels, frames or codecs is
+    not this arm's either."""
     found = run_ledger.find(folder)
     if found is None:
         return None
+    entry, where = found
+    if config_sha256 is not None and entry.get("config_sha256", config_sha256) != config_sha256:
+        return None
     if store is not None:
         identity = run_ledger.store_identity(store)
-        if not run_ledger.store_matches(found[0], identity):
+        if where == "work" and entry.get("store") is None and "config_sha256" in entry:
+            if not run_ledger.store_read_by(folder, store):
+                return None
+            entry = {**entry, "store": identity}  # it can only have read this store
+            run_ledger.write(folder, entry)
+        if not run_ledger.store_matches(entry, identity):
             return None
-        if found[1] == "work" and found[0].get("store") is None and "config_sha256" in found[0]:
-            run_ledger.write(folder, {**found[0], "store": identity})
     metrics = dict(found[0]["metrics"])
     if (mark := run_ledger.code_mark(found[0].get("code", run_ledger.UNKNOWN))) is not None:
         metrics["reused"] = mark
@@ -80,7 +100,7 @@ def train_arm(
     checkpoint must be on disk (a later phase starts from it), so a result found only in the
     ledger is trained again. A finished run is recorded in its folder and the ledger."""
     folder = out / arm.folder
-    sets = [f"data.root={data_root}", f"student.store={store}", f"train.out_dir={folder}", *extra]
+    sets = arm_sets(arm, out, store, data_root, extra)
     cfg = with_recipe_defaults(load_config(arm.config, sets))
     wanted = config_sha256(cfg)
     # the store's identity, for an arm that reads teacher fields (a baseline reads none)
@@ -95,13 +115,24 @@ def train_arm(
     found = run_ledger.find(folder)
     if (
         found is not None
+        and found[1] == "work"
+        and identity is not None
+        and found[0].get("store") is None
+        and "config_sha256" in found[0]
+        and run_ledger.store_read_by(folder, cfg.student.store)
+    ):  # recorded before runs recorded their store, after this store was finalized
+        found = ({**found[0], "store": identity}, "work")
+        run_ledger.write(folder, found[0])
+    if (
+        found is not None
         and found[1] == "ledger"
         and (found[0].get("config_sha256") != wanted or weights)
     ):
         found = None  # a ledger entry of another config, or one without the weights needed
     if found is not None and not run_ledger.store_matches(found[0], identity):
-        click.echo(f"[students] {arm.name}: its result was trained on another {store} (other "
-                   "teachers, frames or codecs): training it again")  # fmt: skip
+        click.echo(f"[students] {arm.name}: its result was trained on another store than "
+                   f"{cfg.student.store} (other teachers, labels, frames or codecs), or on one "
+                   "it did not record: training it again")  # fmt: skip
         if found[1] == "ledger":
             found = None
     if found is not None:
@@ -119,9 +150,6 @@ def train_arm(
                 late = run_ledger.record(folder, arm.name, arm.config, wanted, entry["code"],
                                          None, False, entry["metrics"], identity)  # fmt: skip
                 run_ledger.write(folder, late)
-            elif where == "work" and identity is not None and entry.get("store") is None:
-                # recorded before the store's identity was: the store it read is this one
-                run_ledger.write(folder, {**entry, "store": identity})
             return arm_metrics(folder)  # type: ignore[return-value]
         if folder.exists():  # --fresh: train again, keep the old run beside it
             aside = folder.with_name(folder.name + ".replaced")

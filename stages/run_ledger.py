@@ -15,6 +15,7 @@ under ``"reused"`` so a report can flag the number (:func:`dagger`, :func:`footn
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -148,16 +149,39 @@ def store_identity(url: str) -> dict[str, Any]:
         path = Path(teacher.get("checkpoint", ""))
         if weights is None and path.is_file() and sha256_file(path) == teacher["checkpoint_sha256"]:
             weights = weights_sha256(load_checkpoint(path))
-        teachers[name] = weights or f"file {teacher['checkpoint_sha256']}"
-    codecs = {f.name: f.codec for f in store.contract.fields}
-    return {"teachers": teachers, "frames": made.get("frame_tokens_sha256"), "codecs": codecs}
+        labels = (teacher.get("labeled_tokens") or {}).get("sha256")
+        teachers[name] = {"weights": weights or f"file {teacher['checkpoint_sha256']}",
+                          "labelled_frames": labels}  # fmt: skip
+    contract = json.dumps(store.contract.to_dict(), sort_keys=True).encode()
+    return {
+        "teachers": teachers,
+        "frames": made.get("frame_tokens_sha256"),
+        "codecs": {f.name: f.codec for f in store.contract.fields},
+        "contract_sha256": hashlib.sha256(contract).hexdigest(),
+    }
+
+
+def store_read_by(folder: Path, url: str) -> bool:
+    """Whether a finished run in ``folder`` that did not record its store can only have read
+    the store now at ``url``: that store was finalized (and a finalized store does not change;
+    a repair finalizes it again, later) before the run wrote its resolved config."""
+    import datetime as dt
+
+    from bevkd.storage.reader import open_store
+
+    finalized = open_store(url).attrs.get("finalized")
+    config = folder / "config.yaml"
+    if not isinstance(finalized, dict) or not config.is_file():
+        return False
+    at = dt.datetime.fromisoformat(finalized["at"]).timestamp()
+    return at <= config.stat().st_mtime
 
 
 def store_matches(entry: dict[str, Any], identity: dict[str, Any] | None) -> bool:
-    """Whether a recorded run learnt from the store ``identity`` describes: True when either
-    side does not say (a run that reads no store field, a record older than the check)."""
-    recorded = entry.get("store")
-    return recorded is None or identity is None or recorded == identity
+    """Whether a recorded run learnt from the store ``identity`` describes (True for an arm
+    that reads no teacher field: ``identity`` None). A record without its store does not
+    match: which store it read is unknown (:func:`store_read_by` may settle it)."""
+    return identity is None or entry.get("store") == identity
 
 
 def code_mark(code: dict[str, Any]) -> dict[str, Any] | None:

@@ -60,10 +60,13 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
             f"[train-student] {chosen.describe(cfg.data)}; the others are unlabelled frames"
             + ("" if cfg.student.unlabeled else " (left out: student.unlabeled is false)")
         )
-        if store is not None:
-            oracle = check_teacher_labels(store, chosen, cfg.student.teacher_saw_hidden_labels)
-            if oracle:
-                say(f"[train-student] ORACLE TEACHER: {oracle}")
+        if oracle := check_teacher_labels(cfg, store, chosen):
+            say(f"[train-student] ORACLE TEACHER: {oracle}")
+    elif cfg.student.teacher_saw_hidden_labels:
+        raise ConfigError(
+            "student.teacher_saw_hidden_labels=true needs a label budget (data.labeled_fraction "
+            "< 1 or data.labeled_tokens): without one no label is hidden"
+        )
     frames = [f for f in train if f.has_label]
     if cfg.student.unlabeled:
         frames += [f for f in train if not f.has_label] + load_frames(cfg, "unlabeled")
@@ -95,33 +98,59 @@ def training_frames(cfg: Config, store: Any | None, say: Any = print) -> list[Fr
     return kept
 
 
-def check_teacher_labels(store: Any, chosen: budget.LabelBudget, allowed: bool) -> str:
-    """Refuse a store whose teachers saw the GT of frames this student hides (or do not say
-    what they saw), unless ``student.teacher_saw_hidden_labels``: then the run is an "oracle
-    teacher" run, and the returned line says why (empty when no teacher saw a hidden label)."""
+def labels_seen_by(cfg: Config, store: Any | None) -> list[tuple[str, dict[str, Any] | None]]:
+    """What each source of this run's teacher knowledge says it saw: every teacher of the store
+    (its recorded ``labeled_tokens``), and the checkpoints the student starts from
+    (``student.init_from``, ``student.init_from_teacher``: their ``labeled_tokens``; a student
+    checkpoint of an oracle-teacher run counts as having seen every label)."""
+    from bevkd.models.checkpoint import load_checkpoint
+
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    if store is not None:
+        for name, made in store.provenance.get("teachers", {}).items():
+            out.append((f"teacher {name} of store {store.url}", made.get("labeled_tokens")))
+    for key in ("init_from", "init_from_teacher"):
+        path = getattr(cfg.student, key)
+        if not path:
+            continue
+        payload = load_checkpoint(path)
+        tokens = payload.get("labeled_tokens")
+        record = None if tokens is None else {"tokens": list(tokens), "count": len(tokens)}
+        if payload.get("oracle_teacher"):
+            record = None  # its teachers saw labels it does not list
+        out.append((f"student.{key} {path}", record))
+    return out
+
+
+def check_teacher_labels(cfg: Config, store: Any | None, chosen: budget.LabelBudget) -> str:
+    """Under an active label budget, refuse teacher knowledge that saw the GT of frames this
+    student hides (or does not say what it saw): the store's teachers and the checkpoints the
+    student starts from (:func:`labels_seen_by`). ``student.teacher_saw_hidden_labels`` lets
+    it through as an "oracle teacher" run, and the returned line says why; the key is an error
+    where nothing saw a hidden label. Returns "" when nothing did."""
+    allowed = cfg.student.teacher_saw_hidden_labels
     hidden = set(chosen.hidden)
     seen: list[str] = []
-    for name, made in store.provenance.get("teachers", {}).items():
-        record = made.get("labeled_tokens")
+    for source, record in labels_seen_by(cfg, store):
         if record is None:
-            seen.append(f"teacher {name} does not record which labelled frames it trained on")
+            seen.append(f"{source} does not record which labelled frames it trained on")
         elif count := len(hidden.intersection(record["tokens"])):
             seen.append(
-                f"teacher {name} trained on the GT of {count} of the {len(hidden)} frames this "
+                f"{source} trained on the GT of {count} of the {len(hidden)} frames this "
                 f"student hides ({record['count']} labelled frames in all)"
             )
     if seen and not allowed:
         raise BevkdError(
-            f"store {store.url}: " + "; ".join(seen) + ". Its pseudo-labels and soft targets "
-            "on those frames carry their labels. Cache a store from teachers trained under the "
-            "same label budget (train-teacher with the same data.labeled_fraction and "
-            "data.label_seed, or data.labeled_tokens), or set "
-            "student.teacher_saw_hidden_labels=true to run it as an oracle-teacher run"
+            "; ".join(seen) + ". Pseudo-labels, soft targets and weights from them carry those "
+            "labels. Use teachers (and checkpoints) trained under the same label budget "
+            "(train-teacher with the same data.labeled_fraction and data.label_seed, or "
+            "data.labeled_tokens), or set student.teacher_saw_hidden_labels=true to run it as "
+            "an oracle-teacher run"
         )
     if allowed and not seen:
         raise ConfigError(
-            "student.teacher_saw_hidden_labels=true, but no teacher of store "
-            f"{store.url} saw a hidden label: drop the key (the run is not an oracle run)"
+            "student.teacher_saw_hidden_labels=true, but nothing this run learns from saw a "
+            "hidden label: drop the key (the run is not an oracle run)"
         )
     return "; ".join(seen)
 

@@ -186,16 +186,20 @@ def judge(
     digits: int = 3,
 ) -> dict[K, Judged]:
     """Every comparison (a, b) of one family: Welch each, Holm over the family, and the
-    detectable difference of each at its own Holm level."""
+    detectable difference of each at alpha / (the family's size)."""
     tests = {k: welch(a, b) for k, (a, b) in pairs.items()}
     adjusted = holm({k: w.p for k, w in tests.items()}, alpha)
-    levels = holm_levels({k: w.p for k, w in tests.items()}, alpha)
+    # Holm tests a comparison at a level between alpha/m and alpha that depends on the other
+    # p's; the detectable size is stated at alpha/m, the level every comparison must be able
+    # to pass (a rank-dependent level would understate it for exactly the ones not rejected).
+    family = sum(not math.isnan(w.p) for w in tests.values())
+    level = alpha / max(family, 1)
     out: dict[K, Judged] = {}
     for k, (a, b) in pairs.items():
         p_holm, reject = adjusted[k]
-        detectable = detectable_difference(a, b, levels[k], power)
+        detectable = detectable_difference(a, b, level, power)
         text = verdict(a, b, p_holm, alpha, detectable, digits)
-        out[k] = Judged(tests[k], p_holm, reject, levels[k], detectable, text)
+        out[k] = Judged(tests[k], p_holm, reject, level, detectable, text)
     return out
 
 
@@ -208,8 +212,9 @@ def family_line(judged: Mapping[K, Judged], alpha: float = ALPHA, power: float =
         f"comparisons of this table, α = {alpha:g}"
         + (f" ({untested} untested, with fewer than 2 seeds in an arm, not counted)" if untested else "")
         + f". A direction *holds* (or is *reversed*) only when its Holm-adjusted p is <= {alpha:g}. "
-        f"*Detectable*: the true difference the test would find with {power:.0%} power at its "
-        "Holm level, taking the seeds' spread as the true one."
+        f"*Detectable*: the true difference the test would find with {power:.0%} power at "
+        f"α/{max(tested, 1)}, the strictest level Holm tests at, taking the seeds' spread as "
+        "the true one."
     )  # fmt: skip
 
 

@@ -19,8 +19,11 @@ def _exists(name: str) -> bool:
     path = name.lstrip("./")
     if (ROOT / path).exists():
         return True
-    # a bare file name ("cache.yaml") names a file somewhere in the project
-    return "/" not in path and any(ROOT.glob(f"*/**/{path}"))
+    # a bare file name ("cache.yaml") names a file somewhere in the project's own folders
+    skip = {".venv", "work", ".git", "build"}
+    return "/" not in path and any(
+        not set(p.relative_to(ROOT).parts) & skip for p in ROOT.glob(f"*/**/{path}")
+    )
 
 
 def test_there_are_configs_to_check() -> None:

@@ -4,6 +4,7 @@ frames it saw, and a student under a budget refuses a store whose teachers saw w
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,6 @@ def test_a_budget_keeps_a_fixed_seeded_fraction_whatever_the_order(
         else:  # hidden: no label, no box, nothing derived from one
             assert not after.has_label and after.boxes.shape == (0, 9)
             assert after.labels.shape == after.num_lidar_pts.shape == (0,)
-    assert _kept(frames, fraction, 0) == kept
     shuffled = frames[:]
     random.Random(1).shuffle(shuffled)
     assert _kept(shuffled, fraction, 0) == kept
@@ -196,9 +196,11 @@ def test_a_student_refuses_teachers_that_saw_the_labels_it_hides(
     root: Path, stores: dict[str, Any]
 ) -> None:
     leaky = open_store(stores["all"])
-    with pytest.raises(BevkdError, match=r"teacher lidar trained on the GT of 1 of the 1 frames"):
+    with pytest.raises(
+        BevkdError, match=r"teacher lidar of store .* trained on the GT of 1 of the 1 frames"
+    ):
         train_student.training_frames(_student(root, stores["all"]), leaky, lambda _: None)
-    with pytest.raises(BevkdError, match="teacher lidar does not record"):
+    with pytest.raises(BevkdError, match=r"teacher lidar of store .* does not record"):
         train_student.training_frames(
             _student(root, stores["unknown"]), open_store(stores["unknown"]), lambda _: None
         )
@@ -214,10 +216,28 @@ def test_a_student_refuses_teachers_that_saw_the_labels_it_hides(
     said.clear()
     train_student.training_frames(_student(root, stores["kept"]), honest, said.append)
     assert not any("ORACLE" in line for line in said)
-    with pytest.raises(ConfigError, match=r"no teacher of store .* saw a hidden label"):
+    with pytest.raises(ConfigError, match=r"nothing this run learns from saw a hidden label"):
         train_student.training_frames(
             _student(root, stores["kept"], "student.teacher_saw_hidden_labels=true"),
             honest, lambda _: None,
+        )  # fmt: skip
+    # A checkpoint the student starts from is teacher knowledge too.
+    lidar_all = Path(stores["all"]).parent / "all" / "lidar.pt"
+    with pytest.raises(BevkdError, match=r"student.init_from_teacher .* trained on the GT of 1"):
+        train_student.training_frames(
+            _student(root, stores["kept"], f"student.init_from_teacher={lidar_all}"), honest,
+            lambda _: None,
+        )  # fmt: skip
+    lidar_kept = Path(stores["kept"]).parent / "kept" / "lidar.pt"
+    train_student.training_frames(
+        _student(root, stores["kept"], f"student.init_from={lidar_kept}"), honest, lambda _: None
+    )
+    # The oracle key without a budget hides nothing: an error, not a label.
+    with pytest.raises(ConfigError, match="needs a label budget"):
+        train_student.training_frames(
+            small_config(root, "model.kind=camera", "student.recipe=cmkd",
+                         f"student.store={stores['all']}", "student.teacher_saw_hidden_labels=true"),
+            leaky, lambda _: None,
         )  # fmt: skip
     # No budget: nothing to compare.
     full = small_config(
@@ -266,10 +286,15 @@ def test_a_store_identity_is_its_teachers_weights_frames_and_codecs(
     from bevkd.stages.demo_students import arm_metrics
     from bevkd.stages.run_ledger import store_identity
 
-    # "all" and "kept" hold the same seeded weights (only what they recorded seeing differs)
+    # "all" and "kept" hold the same seeded weights; what their teachers saw differs
     same = store_identity(stores["all"])
-    assert same == store_identity(stores["kept"])
+    kept = store_identity(stores["kept"])
     assert set(same["teachers"]) == {"lidar", "label_encoder"} and "lidar_bev" in same["codecs"]
+    assert same["teachers"]["lidar"]["weights"] == kept["teachers"]["lidar"]["weights"]
+    assert (
+        same["teachers"]["lidar"]["labelled_frames"] != kept["teachers"]["lidar"]["labelled_frames"]
+    )
+    assert same != kept and same == store_identity(stores["all"])
     torch.manual_seed(7)  # other weights: another store
     other_cfg = small_config(root, "model.kind=lidar")
     other = save_checkpoint(tmp_path / "other.pt", build_teacher(other_cfg), other_cfg)
@@ -280,16 +305,40 @@ def test_a_store_identity_is_its_teachers_weights_frames_and_codecs(
     )
     url = tmp_path / "other.zarr"
     cache_teacher.run(cache_config(root, (other, label), url))
-    assert store_identity(str(url))["teachers"]["lidar"] != same["teachers"]["lidar"]
-    # A finished run recorded against one store is not the result of an arm reading the other.
+    other_id = store_identity(str(url))
+    assert other_id["teachers"]["lidar"]["weights"] != same["teachers"]["lidar"]["weights"]
+    # A finished run that did not record its store: its config was written before the store
+    # was finalized, so which store it read is unknown and it is nobody's result ...
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "metrics.json").write_text(json.dumps({"mAP": 0.1, "class_ap": {"car": 0.2}}))
     (run / "run.json").write_text(
         json.dumps({"config_sha256": "x", "code": {"commit": "c", "dirty": False}})
     )
-    assert arm_metrics(run, stores["all"])["mAP"] == 0.1  # no identity yet: this store's is noted
+    (run / "config.yaml").write_text("written before\n")
+    os.utime(run / "config.yaml", (1.0, 1.0))
+    assert arm_metrics(run, stores["all"]) is None
+    # ... and once written after the store was finalized, it can only have read that store.
+    os.utime(run / "config.yaml", None)
+    assert arm_metrics(run, stores["all"])["mAP"] == 0.1
     assert json.loads((run / "run.json").read_text())["store"] == same
-    assert arm_metrics(run, stores["kept"]) is not None  # same weights, frames and codecs
+    assert arm_metrics(run, stores["kept"]) is None  # teachers that saw other labels
     assert arm_metrics(run, str(url)) is None  # other teachers
     assert arm_metrics(run) is not None  # an arm that reads no teacher field
+    assert arm_metrics(run, stores["all"], config_sha256="x") is not None
+    assert arm_metrics(run, stores["all"], config_sha256="y") is None  # another config's result
+
+
+def test_a_recorded_heatmap_threshold_goes_to_each_of_its_four_uses() -> None:
+    from bevkd.pipeline.config import load_config, recorded_config, to_dict
+
+    old = to_dict(load_config(None, []))
+    for key in ("qfl_threshold", "bev_mask_threshold", "unlabelled_mask_threshold",
+                "cmd_mask_threshold"):  # fmt: skip
+        del old["distill"][key]
+    old["distill"]["heatmap_threshold"] = 0.1
+    d = recorded_config(old).distill
+    assert (d.qfl_threshold, d.bev_mask_threshold, d.unlabelled_mask_threshold,
+            d.cmd_mask_threshold) == (0.1, 0.1, 0.1, 0.1)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'distill.qfl_threshold' and 'distill.bev_mask"):
+        load_config(None, ["distill.heatmap_threshold=0.2"])
