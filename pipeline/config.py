@@ -550,8 +550,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
             if (renamed := RENAMED_KEYS.get(path, "")) is None or renamed:
-                names = (renamed,) if isinstance(renamed, str) else renamed or ()
-                now = " and ".join(f"'{n}'" for n in names) or "no key: it was removed"
+                new = (renamed,) if isinstance(renamed, str) else renamed or ()
+                now = " and ".join(f"'{n}'" for n in new) or "no key: it was removed"
                 raise ConfigError(f"config key '{path}' is now {now}")
             raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], path)
