@@ -203,9 +203,9 @@ def footnote(runs: Iterable[dict[str, Any]]) -> list[str]:
     if not marks:
         return []
     made = ", ".join(f"{c[:10]}{' with uncommitted changes' if d else ''}" for c, d in marks)
-    here = code_version()
+    # The report's own commit is not named: a block regenerated from the same runs must not
+    # change with every commit that follows (each run's ledger entry names its own code).
     return [
-        f"† Includes results not made by this report's code ({here['commit'][:10]}"
-        f"{', uncommitted changes' if here['dirty'] else ''}): made by {made}. The benchmark's "
-        "`--fresh` trains them again."
+        f"† Made by other code than the report's: {made} (benchmarks/runs/ has each run's). "
+        "The benchmark's `--fresh` trains them again."
     ]

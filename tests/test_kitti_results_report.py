@@ -106,8 +106,8 @@ def test_the_block_marks_results_other_code_made(kitti: Any) -> None:
     assert "on the 24 val frames, mean ± std over seeds [0, 1, 2]" in text
     assert "| CMKD kd, train | 3 | 26.00† ± 1.00 | 16.00† ± 1.00 |" in text
     assert "15.00, 16.00†, 17.00 |" in text
-    assert "made by feedfaceca with uncommitted changes" in text
-    assert text.count("† Includes results") == 1
+    assert "other code than the report's: feedfaceca with uncommitted changes" in text
+    assert text.count("† Made by other code") == 1
     # IoU 0.5: the baseline's three seeds only, one value each, no family to judge
     after = text.split("IoU 0.5 for Car")[1]
     assert "| baseline (GT), train | 3 | 60.00 ± 0.00 | 50.00 ± 0.00 |" in after
