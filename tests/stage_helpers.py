@@ -8,7 +8,9 @@ whether a teacher is any good, only that what it writes is what it computes.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from nuscenes_copy import private_copy
@@ -87,6 +89,7 @@ def lidar_files(root: Path) -> list[Path]:
 
 
 __all__ = [
+    "benchmark_module",
     "cache_config",
     "cached_world",
     "copy_dataset",
@@ -94,3 +97,17 @@ __all__ = [
     "make_teachers",
     "small_config",
 ]
+
+
+def benchmark_module(name: str) -> Iterator[Any]:
+    """A benchmarks/ script imported as a module (they import each other by file name), for a
+    module-scoped fixture: ``yield from benchmark_module("few_labels")``."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)

@@ -3,23 +3,16 @@ tables (honest and oracle teacher) and their figures, and the Welch/Holm verdict
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from stage_helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def few() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("few_labels")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def few() -> Iterator[Any]:
+    yield from benchmark_module("few_labels")
 
 
 def _m(car: float, reused: bool = False) -> dict[str, Any]:

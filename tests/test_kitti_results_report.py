@@ -4,26 +4,20 @@ chained arm must keep its weights. Expected p's come from the textbook formulas.
 
 from __future__ import annotations
 
-import importlib
 import math
 import statistics
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from scipy import stats
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from stage_helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def kitti() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("kitti_results")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def kitti() -> Iterator[Any]:
+    yield from benchmark_module("kitti_results")
 
 
 def welch_p(a: list[float], b: list[float]) -> float:

@@ -25,7 +25,6 @@ from test_distill_losses import C, H, W, close, cmkd_targets, fake_output, make_
 from bevkd.datasets import budget
 from bevkd.datasets.cached import CachedTargets
 from bevkd.datasets.dataset import FrameDataset, load_frames
-from bevkd.datasets.frame import Frame
 from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
 from bevkd.distill.cmkd import CMKD
 from bevkd.distill.pseudo_label import PseudoLabel, select_pseudo_boxes, soft_detection_loss
@@ -460,16 +459,6 @@ def test_combined_bind_hands_each_part_its_fields() -> None:
 # ------------------------------------------------------------------------------------------
 # The label budget
 # ------------------------------------------------------------------------------------------
-
-
-def frame(token: str, has_label: bool = True) -> Frame:
-    n = 2 if has_label else 0
-    return Frame(
-        token=token, scene="s", timestamp=0, split="train", has_label=has_label, lidar_path="",
-        lidar2ego=np.eye(4), ego2global=np.eye(4), cameras=(),
-        boxes=np.ones((n, 9), np.float32), labels=np.zeros(n, np.int64),
-        num_lidar_pts=np.full(n, 5, np.int64),
-    )  # fmt: skip
 
 
 def test_labeled_fraction_must_be_in_0_1() -> None:

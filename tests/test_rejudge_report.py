@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from stage_helpers import benchmark_module
 
 OLD = """<!-- recipes:start -->
 | arm | seeds | mAP | NDS | car AP | Δ mAP | Δ car AP | car AP per seed |
@@ -28,12 +25,8 @@ OLD = """<!-- recipes:start -->
 
 
 @pytest.fixture(scope="module")
-def rejudge() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("rejudge")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def rejudge() -> Iterator[Any]:
+    yield from benchmark_module("rejudge")
 
 
 def test_the_old_numbers_are_read_back(rejudge: Any) -> None:

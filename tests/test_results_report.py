@@ -4,28 +4,21 @@ Expected p's are worked out here from the textbook formulas, not by the code und
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
 import statistics
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from scipy import stats
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from stage_helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def recipes() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("recipes")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def recipes() -> Iterator[Any]:
+    yield from benchmark_module("recipes")
 
 
 def _runs(car: list[float], m_ap: list[float] | None = None) -> list[dict[str, Any]]:

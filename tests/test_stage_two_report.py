@@ -5,24 +5,21 @@ the lifetime peak kept across the reset at the first measured step."""
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stage_helpers import benchmark_module
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def stage_two() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("stage_two")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def stage_two() -> Iterator[Any]:
+    yield from benchmark_module("stage_two")
 
 
 def _fake_proc(root: Path, pid: int, hwm_kb: int, rss_kb: int, pss_kb: int,
