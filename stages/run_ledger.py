@@ -15,6 +15,7 @@ under ``"reused"`` so a report can flag the number (:func:`dagger`, :func:`footn
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -137,6 +138,18 @@ def store_identity(url: str) -> dict[str, Any]:
     (:func:`bevkd.models.checkpoint.weights_sha256`, equal for a teacher retrained to the same
     weights in a fresh clone; the checkpoint file's sha256 where neither the store nor the
     file gives them), the frames and the fields' codecs."""
+    from bevkd.storage.reader import open_store
+
+    store = open_store(url)
+    finalized = store.attrs.get("finalized")
+    at = finalized["at"] if isinstance(finalized, dict) else None
+    return json.loads(json.dumps(_identity(url, at)))  # a copy: callers keep their own
+
+
+@functools.lru_cache(maxsize=16)
+def _identity(url: str, finalized_at: str | None) -> dict[str, Any]:
+    """:func:`store_identity` once per store and finalization: a report asks for it per arm
+    and seed, and a teacher's weights hash loads its checkpoint."""
     from bevkd.models.checkpoint import load_checkpoint, weights_sha256
     from bevkd.pipeline.provenance import sha256_file
     from bevkd.storage.reader import open_store
