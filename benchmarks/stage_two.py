@@ -14,6 +14,12 @@ Cases:
   on the demo world, nuScenes-like), SECOND channels 16-32-64-128, two SubMConv3d layers a
   stage, down to the same 0.8 m BEV grid. Its weights are seeded random (a forward costs the
   same trained or not); its store (the demo's train frames) is cached here on first use.
+- ``cmkd-imported``: the same CMKD student against an imported CenterPoint
+  (``model.kind: centerpoint``, what ``bevkd teacher import`` writes) of mmdet3d's nuScenes
+  voxel-0.1 architecture at full size: 0.1 m voxels over ±51.2 m, sparse shape 41 x 1024 x
+  1024, the basic-block SparseEncoder to 256 channels, SECOND 128/256 x 5 layers, SECONDFPN,
+  six task heads, circle NMS; 10 sweeps. Seeded random weights; the student runs on the same
+  0.8 m grid over ±51.2 m (128 x 128 cells).
 
 Each (case, path, round) runs in its own process, so its memory is that process's and its
 DataLoader workers' alone. **Peak, measured steps**: the peak over the measured steps, after a
@@ -73,6 +79,13 @@ CENTERPOINT_TEACHER = [
     "model.sparse_layers=2",
     "model.max_voxels=240000",
 ]
+IMPORTED = OUT / "imported"
+# mmdet3d's nuScenes voxel-0.1 CenterPoint grid (the student shares it: 128 x 128 cells)
+IMPORTED_GRID = [
+    "grid.point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]",
+    "grid.voxel_size=[0.1, 0.1, 0.2]",
+    "grid.bev_stride=8",
+]
 CASES: dict[str, dict[str, Any]] = {
     "cmkd": {
         "config": "configs/demo/student_cmkd.yaml",
@@ -88,6 +101,11 @@ CASES: dict[str, dict[str, Any]] = {
         "config": "configs/demo/student_cmkd.yaml",
         "set": [*CENTERPOINT_GRID, f"student.store={CP / 'store.zarr'}"],
         "teacher": "CenterPoint-sized LiDAR teacher (0.1 m voxels, 10 sweeps)",
+    },
+    "cmkd-imported": {
+        "config": "configs/demo/student_cmkd.yaml",
+        "set": [*IMPORTED_GRID, f"student.store={IMPORTED / 'store.zarr'}"],
+        "teacher": "imported CenterPoint, mmdet3d nuScenes voxel-0.1 architecture, 10 sweeps",
     },
 }
 
@@ -327,6 +345,29 @@ def centerpoint_store() -> None:
     cache_teacher.run(cache)
 
 
+def imported_store() -> None:
+    """A seeded random CenterPoint of mmdet3d's nuScenes voxel-0.1 architecture, as ``bevkd
+    teacher import`` writes it (``model.kind: centerpoint``), and its store of the demo's train
+    frames (made once; the cache resumes if interrupted)."""
+    from bevkd.models.builders import build_teacher
+    from bevkd.models.checkpoint import save_checkpoint
+    from bevkd.pipeline.config import load_config
+    from bevkd.stages import cache_teacher
+
+    checkpoint = IMPORTED / "centerpoint_voxel01.pt"
+    if not checkpoint.is_file():
+        cfg = load_config("configs/demo/cache.yaml", [*IMPORTED_GRID, "model.kind=centerpoint"])
+        torch.manual_seed(0)
+        IMPORTED.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(checkpoint, build_teacher(cfg).eval(), cfg)
+    cache = load_config("configs/demo/cache.yaml", [
+        *IMPORTED_GRID, "data.lidar_sweeps=10", "cache.teachers=[lidar]",
+        f"cache.lidar_checkpoint={checkpoint}", "cache.lidar_bev_scales=[1]",
+        "cache.splits=[train]", f"store.url={IMPORTED / 'store.zarr'}", "cache.n_workers=0",
+    ])  # fmt: skip
+    cache_teacher.run(cache)
+
+
 # ------------------------------------------------------------------------------------------
 # The driver
 # ------------------------------------------------------------------------------------------
@@ -490,6 +531,8 @@ def main() -> None:
     if not args.report_only:
         if "cmkd-centerpoint" in args.cases:
             centerpoint_store()
+        if "cmkd-imported" in args.cases:
+            imported_store()
         for r in range(args.rounds):
             order = ("cached", "online") if r % 2 == 0 else ("online", "cached")
             for case in args.cases:
@@ -514,7 +557,8 @@ def main() -> None:
     agree = {} if args.fresh or not agree_file.is_file() else json.loads(agree_file.read_text())
     if not args.report_only:
         for case in args.cases:
-            if case != "cmkd-centerpoint" and case not in agree:  # a random teacher says nothing
+            # a random teacher says nothing
+            if case not in ("cmkd-centerpoint", "cmkd-imported") and case not in agree:
                 agree[case] = agreement(case, args.agreement_frames)
                 agree_file.write_text(json.dumps(agree, indent=1))
     first = next(iter(runs.values()), None)

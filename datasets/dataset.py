@@ -141,6 +141,7 @@ class FrameDataset(torch.utils.data.Dataset):
             gt_boxes=_f32(boxes),
             gt_labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
             depth=torch.from_numpy(_stack(depth, _no_depth(self.data).shape)),
+            lidar2ego=_f32(frame.lidar2ego),
         )
 
     def _cameras(self, frame: Frame, where: str) -> list[CameraRecord]:

@@ -87,6 +87,8 @@ class Sample:
     - ``points``: (P, 5) x, y, z, intensity, time-lag in the augmented ego frame.
     - ``gt_boxes``: (N, 9) in the augmented ego frame; ``gt_labels``: (N,) int64.
     - ``depth``: (K, H/s, W/s) LiDAR depth per camera (0 = no return), s = depth stride.
+    - ``lidar2ego``: (4, 4) the LiDAR sensor's pose in the (unaugmented) ego frame, for
+      teachers that run in the sensor's frame (an imported CenterPoint); identity by default.
     """
 
     token: str
@@ -101,6 +103,7 @@ class Sample:
     gt_boxes: torch.Tensor
     gt_labels: torch.Tensor
     depth: torch.Tensor
+    lidar2ego: torch.Tensor = dataclasses.field(default_factory=lambda: torch.eye(4))
 
 
 @dataclass
@@ -108,7 +111,7 @@ class Batch:
     """Samples collated for a model: stacked tensors plus per-sample lists for ragged data.
 
     ``points`` is (sum P, 6) with the batch index in column 0; ``gt_boxes``/``gt_labels``
-    are lists of length B.
+    are lists of length B. ``lidar2ego``: (B, 4, 4), or (0, 4, 4) when not known (identity).
     """
 
     tokens: list[str]
@@ -123,6 +126,16 @@ class Batch:
     gt_boxes: list[torch.Tensor]
     gt_labels: list[torch.Tensor]
     depth: torch.Tensor
+    lidar2ego: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, 4, 4))
+
+    def sensor_poses(self) -> torch.Tensor:
+        """(B, 4, 4) LiDAR frame -> augmented ego frame: ``bev_aug @ lidar2ego``."""
+        poses = (
+            self.lidar2ego
+            if len(self.lidar2ego) == self.size
+            else torch.eye(4).expand(self.size, 4, 4)
+        )
+        return self.bev_aug.to(poses.dtype) @ poses.to(self.bev_aug.device)
 
     def to(self, device: torch.device | str) -> Self:
         return map_tensors(self, lambda t: t.to(device, non_blocking=True))
@@ -174,4 +187,5 @@ def collate(samples: list[Sample]) -> Batch:
         gt_boxes=[s.gt_boxes for s in samples],
         gt_labels=[s.gt_labels for s in samples],
         depth=torch.stack([s.depth for s in samples]),
+        lidar2ego=torch.stack([s.lidar2ego for s in samples]) if samples else torch.zeros(0, 4, 4),
     )

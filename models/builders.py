@@ -69,8 +69,23 @@ def build_lidar_teacher(cfg: Config) -> nn.Module:
     return LidarTeacher(cfg.grid, cfg.head, cfg.classes, encoder, backbone, neck, head)
 
 
+def build_centerpoint(cfg: Config) -> nn.Module:
+    """An imported mmdet3d / OpenPCDet CenterPoint (``model.kind: centerpoint``) from
+    ``cfg.centerpoint`` and ``cfg.grid``."""
+    from bevkd.models.centerpoint import build_centerpoint_teacher
+
+    if tuple(cfg.classes) != cfg.centerpoint.classes:
+        raise ConfigError(
+            f"classes {list(cfg.classes)} differ from the imported CenterPoint's tasks "
+            f"{list(cfg.centerpoint.classes)}: a centerpoint teacher's classes are its tasks' "
+            "classes in task order"
+        )
+    return build_centerpoint_teacher(cfg.centerpoint, cfg.grid)
+
+
 TEACHER_BUILDERS: dict[str, Callable[[Config], nn.Module]] = {
     "lidar": build_lidar_teacher,
+    "centerpoint": build_centerpoint,
     "fusion": build_fusion_teacher,
     "label_encoder": build_label_encoder_teacher,
 }

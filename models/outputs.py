@@ -17,10 +17,14 @@ class HeadOutput:
 
     ``heatmap``: (B, K, H, W) logits, one channel per class.
     ``regression``: (B, 10, H, W) in :data:`REGRESSION_CHANNELS` order.
+    ``task_regression``: (B, T, 10, H, W), one map per class group, from a head with grouped
+    tasks (an imported CenterPoint); ``regression`` is then each cell's from the task whose
+    heatmap is highest there.
     """
 
     heatmap: torch.Tensor
     regression: torch.Tensor
+    task_regression: torch.Tensor | None = None
 
 
 @dataclass

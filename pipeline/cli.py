@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "bevkd.pipeline.commands.train_student",
         "Train a camera student against a teacher store (baseline | cmkd).",
     ),
+    "teacher": (
+        "bevkd.pipeline.commands.teacher",
+        "Import an mmdet3d or OpenPCDet CenterPoint as a bevkd teacher.",
+    ),
     "cache-teacher": (
         "bevkd.pipeline.commands.cache_teacher",
         "Run teachers once and write the teacher store.",

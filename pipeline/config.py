@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ import yaml
 from bevkd.pipeline.geometry import NUSCENES_CLASSES, REGRESSION_CHANNELS, BEVGrid
 
 TEACHER_KINDS = ("lidar", "fusion", "label_encoder")
-MODEL_KINDS = (*TEACHER_KINDS, "camera", "camera_sim")
+# A custom teacher in cache.teachers: "my_pkg.teachers:build" (an importable module and its
+# factory) or "path/to/file.py:build" (a file loaded by path); models/protocol.py, docs/teachers.md
+TEACHER_ENTRY_FORMS = "my_pkg.teachers:build (module:factory) or path/to/file.py:build"
+_CUSTOM_TEACHER = re.compile(r"^(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|[^:]+\.py):[A-Za-z_]\w*$")
+# centerpoint: a CenterPoint imported from mmdet3d or OpenPCDet (``bevkd teacher import``); it
+# fills the ``lidar`` teacher role (cache.lidar_checkpoint), so it is a model kind, not a role.
+MODEL_KINDS = (*TEACHER_KINDS, "centerpoint", "camera", "camera_sim")
 
 T = TypeVar("T")
 
@@ -33,12 +40,19 @@ class ConfigError(ValueError):
     """A config file or override that cannot be resolved; the message names the key and file."""
 
 
+def is_custom_teacher(entry: str) -> bool:
+    """Whether a ``cache.teachers`` entry names a custom teacher's factory
+    (:data:`TEACHER_ENTRY_FORMS`) rather than a built-in teacher."""
+    return bool(_CUSTOM_TEACHER.match(entry))
+
+
 def _choice(key: str, value: Any, choices: typing.Iterable[Any]) -> None:
     """Fail at load, not later, when a choice field holds something its readers don't know."""
     choices = tuple(choices)
     if value not in choices:
         hint = _suggest(str(value), [str(c) for c in choices])
-        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
+        forms = f", or a custom teacher: {TEACHER_ENTRY_FORMS}" if key == "cache.teachers" else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{forms}{hint}")
 
 
 def _choices(key: str, values: typing.Sequence[Any], choices: typing.Iterable[Any]) -> None:
@@ -192,6 +206,128 @@ class ModelConfig:
         _choice("model.lidar_encoder", self.lidar_encoder, ("voxel", "pillar"))
 
 
+NUSCENES_TASKS: tuple[tuple[str, ...], ...] = (
+    ("car",),
+    ("truck", "construction_vehicle"),
+    ("bus", "trailer"),
+    ("barrier",),
+    ("motorcycle", "bicycle"),
+    ("pedestrian", "traffic_cone"),
+)
+# (kind, in channels, out channels, padding z, y, x, bias 0/1); kind: subm (3x3x3 submanifold
+# conv), down (3x3x3 strided sparse conv, stride 2), basic (residual block of two subm convs),
+# out (the (3, 1, 1) / (2, 1, 1) z-compressing conv, padding 0).
+SparseLayer = tuple[str, int, int, int, int, int, int]
+SPARSE_LAYER_KINDS = ("subm", "down", "basic", "out")
+
+
+def _sparse_layers(
+    stages: tuple[tuple[int, ...], ...], last_padding: tuple[int, int, int], out: int
+) -> tuple[SparseLayer, ...]:
+    """mmdet3d's SparseEncoder, ``block_type='basicblock'``: the input subm conv to
+    ``stages[0][0]``, then per stage its basic blocks and (all but the last) a strided conv to
+    the next width; the third strided conv has ``last_padding``, as the nuScenes configs."""
+    layers: list[SparseLayer] = [("subm", 5, stages[0][0], 1, 1, 1, 0)]
+    for i, widths in enumerate(stages):
+        for j, width in enumerate(widths):
+            if j == len(widths) - 1 and i != len(stages) - 1:
+                pad = last_padding if i == 2 else (1, 1, 1)
+                layers.append(("down", widths[j - 1], width, *pad, 0))
+            else:
+                layers.append(("basic", width, width, 1, 1, 1, 0))
+    layers.append(("out", stages[-1][-1], out, 0, 0, 0, 0))
+    return tuple(layers)
+
+
+@dataclass(frozen=True)
+class CenterPointConfig:
+    """An imported CenterPoint (``model.kind: centerpoint``): the architecture and test-time
+    post-processing of an mmdet3d 1.x or OpenPCDet CenterPoint, as ``bevkd teacher import``
+    reads them from the foreign checkpoint. The defaults are mmdet3d's nuScenes voxel-0.1
+    model (``centerpoint_voxel01_second_secfpn_head-circlenms``); the grid is ``grid``
+    (voxel size, point range, ``bev_stride`` = the head's ``out_size_factor``)."""
+
+    source: str = "mmdet3d"  # mmdet3d | openpcdet: box conventions and post-processing
+    # the frame its points and boxes live in: lidar (the sensor's, as both frameworks' nuScenes
+    # models: points go ego -> LiDAR, maps and boxes come back to the ego grid) | ego
+    input_frame: str = "lidar"
+    encoder: str = "voxel"  # voxel (sparse 3D convs) | pillar (PillarFeatureNet + scatter)
+    point_features: int = 5  # x, y, z, intensity, time-lag
+    max_points_per_voxel: int = 10
+    max_voxels: int = 120000  # at test time
+    sparse_shape: tuple[int, int, int] = (41, 1024, 1024)  # (z, y, x) of the sparse tensor
+    sparse_layers: tuple[SparseLayer, ...] = _sparse_layers(
+        ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)), (0, 1, 1), 256
+    )
+    sparse_bn_eps: float = 1e-3
+    # pillar encoder (PillarFeatureNet): PFN widths and the point decorations
+    pillar_channels: tuple[int, ...] = (64,)
+    pillar_cluster_center: bool = True
+    pillar_voxel_center: bool = True
+    pillar_distance: bool = False
+    pillar_legacy: bool = False  # mmdet3d's legacy=True: centre offsets overwrite raw x, y, z
+    # 2D backbone (SECOND) and neck (SECONDFPN)
+    backbone_channels: tuple[int, ...] = (128, 256)
+    backbone_layers: tuple[int, ...] = (5, 5)
+    backbone_strides: tuple[int, ...] = (1, 2)
+    neck_channels: tuple[int, ...] = (256, 256)
+    neck_strides: tuple[float, ...] = (1.0, 2.0)  # < 1: a strided conv; > 1: a deconv
+    neck_conv_for_no_stride: bool = True  # stride 1 as a 1x1 conv (mmdet3d) or deconv (OpenPCDet)
+    bn_eps_2d: float = 1e-3
+    # CenterHead: class groups, one task head each
+    tasks: tuple[tuple[str, ...], ...] = NUSCENES_TASKS
+    shared_channels: int = 64
+    head_channels: int = 64
+    head_convs: int = 2  # convs per regression branch, the last with bias
+    heatmap_convs: int = 2
+    final_kernel: int = 3
+    head_conv_bias: bool = False  # bias on the convs before a norm (mmdet3d bias='auto': no)
+    head_bn_eps: float = 1e-5
+    rotation_order: str = "sin_cos"  # mmdet3d (sin, cos); OpenPCDet (cos, sin)
+    # test-time decoding, per task
+    max_per_task: int = 500
+    score_threshold: float = 0.1
+    post_center_range: tuple[float, float, float, float, float, float] = (
+        -61.2,
+        -61.2,
+        -10.0,
+        61.2,
+        61.2,
+        10.0,
+    )
+    nms: str = "circle"  # circle (centre distance) | rotate (rotated BEV IoU)
+    min_radius: tuple[float, ...] = (4.0, 12.0, 10.0, 1.0, 0.85, 0.175)  # circle, per task
+    nms_iou: float = 0.2  # rotate
+    pre_nms: int = 1000
+    post_nms: int = 83
+
+    def __post_init__(self) -> None:
+        _choice("centerpoint.source", self.source, ("mmdet3d", "openpcdet"))
+        _choice("centerpoint.encoder", self.encoder, ("voxel", "pillar"))
+        _choice("centerpoint.input_frame", self.input_frame, ("lidar", "ego"))
+        _choice("centerpoint.nms", self.nms, ("circle", "rotate"))
+        _choice("centerpoint.rotation_order", self.rotation_order, ("sin_cos", "cos_sin"))
+        for i, layer in enumerate(self.sparse_layers):
+            _choice(f"centerpoint.sparse_layers[{i}]", layer[0], SPARSE_LAYER_KINDS)
+        if self.nms == "circle" and len(self.min_radius) != len(self.tasks):
+            raise ConfigError(
+                f"centerpoint.min_radius has {len(self.min_radius)} values for "
+                f"{len(self.tasks)} tasks; circle NMS needs one per task"
+            )
+        n = len(self.backbone_channels)
+        if not (len(self.backbone_layers) == len(self.backbone_strides) == n
+                == len(self.neck_channels) == len(self.neck_strides)):  # fmt: skip
+            raise ConfigError(
+                "centerpoint.backbone_channels, backbone_layers, backbone_strides, "
+                "neck_channels and neck_strides need one entry per backbone stage"
+            )
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class of each heatmap channel: the tasks' classes in task order."""
+        return tuple(c for task in self.tasks for c in task)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """CenterPoint head targets and decoding."""
@@ -262,6 +398,8 @@ class StoreConfig:
 class CacheConfig:
     """Stage one: which teachers run over which frames."""
 
+    # lidar | fusion | label_encoder, or a custom teacher: my_pkg.teachers:build or
+    # path/to/file.py:build (its factory; models/protocol.py, docs/teachers.md)
     teachers: tuple[str, ...] = ("lidar", "label_encoder")
     # teacher -> the config that trains it, for `cache-teacher --build-missing` (demo runs)
     teacher_configs: tuple[tuple[str, str], ...] = (
@@ -272,6 +410,8 @@ class CacheConfig:
     lidar_checkpoint: str = "work/demo/teacher_lidar/best.pt"
     fusion_checkpoint: str = ""
     label_encoder_checkpoint: str = "work/demo/teacher_label/best.pt"
+    # custom teacher entry -> the checkpoint path its factory is given ("" when not listed)
+    teacher_checkpoints: tuple[tuple[str, str], ...] = ()
     splits: tuple[str, ...] = ("train", "val", "unlabeled")
     # heatmaps are stored as sigmoid probabilities (what CMKD, LabelDistill and SimDistill consume;
     # an 8-bit background of ~0 compresses well) or as the head's raw logits
@@ -291,9 +431,16 @@ class CacheConfig:
     max_frames: int = 0  # 0 = all
 
     def __post_init__(self) -> None:
-        _choices("cache.teachers", self.teachers, TEACHER_KINDS)
+        custom = [t for t in self.teachers if is_custom_teacher(t)]
+        _choices("cache.teachers", self.teachers, (*TEACHER_KINDS, *custom))
         if not self.teachers:
             raise ConfigError(f"cache.teachers: name at least one of {list(TEACHER_KINDS)}")
+        for entry, _ in self.teacher_checkpoints:
+            if entry not in self.teachers or not is_custom_teacher(entry):
+                raise ConfigError(
+                    f"cache.teacher_checkpoints: {entry!r} is not a custom teacher entry of "
+                    f"cache.teachers {list(self.teachers)}"
+                )
         _choices("cache.splits", self.splits, ("train", "val", "unlabeled"))
         _choice("cache.heatmap_as", self.heatmap_as, ("probabilities", "logits"))
         _choices("cache.lidar_bev_scales", self.lidar_bev_scales, (1, 2))
@@ -473,6 +620,7 @@ class Config:
     grid: GridConfig = field(default_factory=GridConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    centerpoint: CenterPointConfig = field(default_factory=CenterPointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

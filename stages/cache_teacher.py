@@ -25,11 +25,12 @@ from bevkd.pipeline.config import (
     config_sha256,
     config_yaml,
     from_dict,
+    is_custom_teacher,
     save_resolved,
     to_dict,
 )
 from bevkd.pipeline.errors import BevkdError
-from bevkd.stages import teacher_runner
+from bevkd.stages import custom_teacher, teacher_runner
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ def resume_problems(made: dict[str, Any], cfg: Config, teachers: dict[str, Any])
     for name in sorted(set(had) & set(teachers)):
         now = teachers[name]
         if had[name] != now["checkpoint_sha256"]:
+            if "factory" in now:  # a custom teacher: its factory, source file or weights changed
+                problems += custom_teacher.changes(name, had_teachers.get(name, {}), now)
+                continue
             then = had_teachers.get(name, {}).get("checkpoint", "?")
             problems.append(
                 f"teacher {name}: this run's checkpoint {now['checkpoint']} (sha256 "
@@ -137,7 +141,7 @@ def teacher_setting_conflicts(cfg: Config, name: str, teacher_cfg: Config, path:
     points, the cameras and image size of one that reads images. The teacher is the source:
     its fields live on its grid, whatever the cache config says."""
     keys = ["grid", "classes"]
-    if teacher_cfg.model.kind in ("lidar", "fusion", "label_encoder"):
+    if teacher_cfg.model.kind in ("lidar", "centerpoint", "fusion", "label_encoder"):
         keys.append("data.lidar_sweeps")
     if teacher_cfg.model.kind == "fusion":
         keys += ["data.cameras", "data.image_size"]
@@ -175,11 +179,16 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
     from bevkd.storage.schema import SCHEMA_VERSION, StoreContract
 
     device = device or torch.device("cpu")
+    field_owners(cfg, device)  # two teachers writing one field: refused before any forward
     probe = _first_loadable(cfg, frames)
     overrides = dict(cfg.store.codecs)
     fields = []
     with torch.no_grad():
         for name in cfg.cache.teachers:
+            if is_custom_teacher(name):
+                built = custom_teacher.build(cfg, name, device)
+                fields += custom_teacher.contract_fields(cfg, built, probe, device)
+                continue
             spec = teacher_runner.TEACHER_FIELDS[name]
             path = teacher_runner.checkpoint_of(cfg, name)
             model, teacher_cfg, _ = teacher_runner.load_teacher_once(path, device)
@@ -214,9 +223,51 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
                         spec.regression, h, w, codec=overrides.get(spec.regression)
                     )
                 )
-                fields.append(boxes_field(spec.boxes, capacity=cfg.head.max_detections))
+                fields.append(boxes_field(spec.boxes, capacity=box_capacity(cfg, teacher_cfg)))
     grid = cfg.grid.bev_grid
     return StoreContract(SCHEMA_VERSION, grid, tuple(cfg.classes), tuple(fields))
+
+
+def box_capacity(cfg: Config, teacher_cfg: Config) -> int:
+    """Rows of a teacher's ``boxes`` field: ``head.max_detections``, or for an imported
+    CenterPoint at least what its per-task NMS can keep (tasks x ``post_nms``)."""
+    if teacher_cfg.model.kind == "centerpoint":
+        cp = teacher_cfg.centerpoint
+        return max(cfg.head.max_detections, len(cp.tasks) * cp.post_nms)
+    return cfg.head.max_detections
+
+
+def field_owners(cfg: Config, device: torch.device) -> dict[str, str]:
+    """Store field -> the teacher that writes it; two teachers naming one field (or two custom
+    teachers declaring one name) are refused."""
+    owners: dict[str, str] = {}
+    declared: dict[str, str] = {}
+    for name in cfg.cache.teachers:
+        if is_custom_teacher(name):
+            built = custom_teacher.build(cfg, name, device)
+            label, names = built.label, built.declaration.field_names
+            if built.declaration.name in declared:
+                raise BevkdError(
+                    f"cache.teachers: {declared[built.declaration.name]} and {name} both declare "
+                    f"the name {built.declaration.name!r}; a store names each teacher once"
+                )
+            declared[built.declaration.name] = name
+        else:
+            spec = teacher_runner.TEACHER_FIELDS[name]
+            features = teacher_runner.wanted_features(
+                name, cfg.cache.lidar_bev_scales, cfg.cache.lidar_bev_pre
+            )
+            label = f"teacher {name}"
+            names = (*features.values(), spec.heatmap, spec.regression, spec.boxes)
+        for field_name in filter(None, names):
+            if field_name in owners:
+                raise BevkdError(
+                    f"store field {field_name!r} would be written by both {owners[field_name]} "
+                    f"and {label}: rename it in the custom teacher's declaration, or cache the "
+                    "two teachers into separate stores"
+                )
+            owners[field_name] = label
+    return owners
 
 
 def _first_loadable(cfg: Config, frames: list[Frame]) -> Any:
@@ -305,7 +356,7 @@ def finished_by(cfg: Config) -> Any | None:
     version is not compared: a finished store stays finished when bevkd is upgraded."""
     import yaml
 
-    from bevkd.pipeline.provenance import sha256_file, sha256_lines
+    from bevkd.pipeline.provenance import sha256_lines
     from bevkd.storage.reader import open_store
     from bevkd.storage.schema import StoreError
 
@@ -318,10 +369,7 @@ def finished_by(cfg: Config) -> Any | None:
         return None
     if settings_differences(yaml.safe_load(made.get("config") or "{}") or {}, to_dict(cfg)):
         return None
-    checkpoints = {
-        name: sha256_file(teacher_runner.checkpoint_of(cfg, name)) for name in cfg.cache.teachers
-    }
-    if made.get("checkpoint_sha256") != checkpoints:
+    if made.get("checkpoint_sha256") != teacher_runner.identities(cfg, cfg.cache.teachers):
         return None
     tokens = [f.token for f in select_frames(cfg)]
     return store if made.get("frame_tokens_sha256") == sha256_lines(tokens) else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from bevkd.datasets.frame import Batch, Sample, collate
 from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
 from bevkd.pipeline.config import Config, DataConfig
 from bevkd.pipeline.errors import BevkdError
-from bevkd.storage.fields import TEACHER_FIELDS, teacher_writing
+from bevkd.storage.fields import TEACHER_FIELDS, TeacherFields, teacher_writing
 from bevkd.storage.schema import StoreContract
 
 # The data settings that decide what a teacher reads from a frame.
@@ -42,15 +42,40 @@ class OnlineTeacherError(BevkdError):
     that made the store)."""
 
 
-def teachers_for(fields: Iterable[str]) -> dict[str, list[str]]:
-    """Teacher -> the fields among ``fields`` it writes (in :data:`TEACHER_FIELDS` order)."""
+def custom_fields(made: Mapping[str, Any]) -> dict[str, TeacherFields]:
+    """Custom teacher -> its store fields, from the declaration a store's provenance records
+    (``made``: ``provenance.teachers``)."""
+    return {
+        name: TeacherFields(
+            features={f: f for f in rec["declaration"]["features"]},
+            heatmap=rec["declaration"]["heatmap"],
+            regression=rec["declaration"]["regression"],
+            boxes=rec["declaration"]["boxes"],
+        )
+        for name, rec in made.items()
+        if "factory" in rec
+    }
+
+
+def teachers_for(
+    fields: Iterable[str], made: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Teacher -> the fields among ``fields`` it writes (in :data:`TEACHER_FIELDS` order, then
+    the custom teachers of ``made``, a store's ``provenance.teachers``)."""
+    custom = custom_fields(made or {})
+    owner = {
+        f: name
+        for name, spec in custom.items()
+        for f in (*spec.features.values(), spec.heatmap, spec.regression, spec.boxes)
+        if f
+    }
     out: dict[str, list[str]] = {}
     for name in fields:
-        teacher = teacher_writing(name)
-        if teacher not in TEACHER_FIELDS:
+        teacher = owner.get(name) or teacher_writing(name)
+        if teacher not in TEACHER_FIELDS and teacher not in custom:
             raise OnlineTeacherError(f"store field {name!r} is written by no bevkd teacher")
         out.setdefault(teacher, []).append(name)
-    return {t: out[t] for t in TEACHER_FIELDS if t in out}
+    return {t: out[t] for t in (*TEACHER_FIELDS, *custom) if t in out}
 
 
 def load_online_teachers(
@@ -62,13 +87,16 @@ def load_online_teachers(
     from bevkd.pipeline.provenance import sha256_file
 
     made = store.provenance.get("teachers", {})
-    loaded = {}
+    loaded: dict[str, tuple[nn.Module, Config]] = {}
     for name in names:
         if name not in made:
             raise OnlineTeacherError(
                 f"store {store.url} was made by the teachers {sorted(made)}, not {name!r}: "
                 "an online run reads the teachers that made the store"
             )
+        if "factory" in made[name]:
+            loaded[name] = load_custom(store, name, checkpoints.get(name), device)
+            continue
         recorded, recorded_sha = made[name]["checkpoint"], made[name]["checkpoint_sha256"]
         path = checkpoints.get(name) or recorded
         if not Path(path).is_file():
@@ -87,6 +115,33 @@ def load_online_teachers(
         model, teacher_cfg, _ = load_teacher(path, device)
         loaded[name] = (model, teacher_cfg)
     return loaded
+
+
+def load_custom(
+    store: Any, name: str, checkpoint: str | None, device: torch.device
+) -> tuple[nn.Module, Config]:
+    """Custom teacher ``name`` of ``store``, built by its recorded factory (a file: the recorded
+    path) with the store's config and its checkpoint (or ``checkpoint``), refused unless its
+    source and weights hash as recorded."""
+    from bevkd.stages import custom_teacher
+    from bevkd.stages.evaluate_store import store_config
+
+    rec = store.provenance["teachers"][name]
+    where, factory = custom_teacher.split_entry(rec["factory"])
+    entry = f"{rec['source']}:{factory}" if where.endswith(".py") else rec["factory"]
+    cfg = store_config(store)
+    path = checkpoint or rec.get("checkpoint", "")
+    paths = ((entry, path),) if path else ()
+    cache = dataclasses.replace(cfg.cache, teachers=(entry,), teacher_checkpoints=paths)
+    built = custom_teacher.build(dataclasses.replace(cfg, cache=cache), entry, device)
+    now = {**custom_teacher.describe(built), "factory": rec["factory"]}
+    if now["checkpoint_sha256"] != rec["checkpoint_sha256"]:
+        raise OnlineTeacherError(
+            f"online teacher {name}: "
+            + "; ".join(custom_teacher.changes(name, rec, now))
+            + f" (store {store.url}); an online run must run the teacher that made the store"
+        )
+    return cast(nn.Module, built.teacher), cfg  # a Teacher, called like a module
 
 
 def reader_settings(store: Any, data: DataConfig) -> DataConfig:
@@ -113,7 +168,7 @@ def own_views(teachers: Iterable[str], student: DataConfig, teacher_data: DataCo
     for name in teachers:
         if name == "lidar" and not _same(student, teacher_data, POINT_SETTINGS):
             out[name] = ()  # points only: no image is opened
-        elif name == "fusion":
+        elif name == "fusion" or name not in TEACHER_FIELDS:  # a custom teacher reads anything
             out[name] = tuple(teacher_data.cameras)
     return out
 
@@ -165,17 +220,28 @@ class OnlineTeacher:
     student's parameters, optimizer, DDP and checkpoints. They move to the batch's device on
     first use."""
 
-    def __init__(self, teachers: Mapping[str, nn.Module], fields: Iterable[str], contract: StoreContract):  # fmt: skip
+    def __init__(self, teachers: Mapping[str, nn.Module], fields: Iterable[str], contract: StoreContract,
+                 made: Mapping[str, Any] | None = None):  # fmt: skip
         self.teachers = dict(teachers)
         self.contract = contract
-        self.fields = teachers_for(fields)
+        self.fields = teachers_for(fields, made)
+        self.specs = {**TEACHER_FIELDS, **custom_fields(made or {})}
         self._device: torch.device | None = None
 
     def _to(self, device: torch.device) -> None:
         if self._device != device:
             for model in self.teachers.values():
-                model.to(device).eval()
+                if isinstance(model, nn.Module):  # a custom Teacher need not be a module
+                    model.to(device).eval()
             self._device = device
+
+    def _custom(self, name: str, model: Any, source: Batch) -> Any:
+        from bevkd.stages.teacher_checks import check_output
+
+        out = model(source)
+        capacity = self.contract.field(b).shape[0] if (b := self.specs[name].boxes) else 0
+        check_output(f"online teacher {name}", model.declaration, out, source.tokens, capacity)
+        return out
 
     @torch.no_grad()
     def __call__(self, batch: StudentBatch) -> Targets:
@@ -186,15 +252,18 @@ class OnlineTeacher:
         targets = Targets()
         everyone = torch.ones(batch.size, dtype=torch.bool, device=device)
         for name, wanted in self.fields.items():
-            spec = TEACHER_FIELDS[name]
+            spec = self.specs[name]
             model = self.teachers[name]
-            if model.training:
+            if getattr(model, "training", False):
                 raise RuntimeError(f"online teacher {name} is in training mode")
             source: Batch = batch.teacher_inputs.get(name, batch)
             # A labelled-only teacher (the label encoder) is per-sample: it runs on the whole
             # batch, and its fields exist where the frame keeps its GT, as in the store.
             present = source.has_label.to(device) if spec.labeled_only else everyone
-            out = model(source, decode=spec.boxes in wanted)
+            if name in TEACHER_FIELDS:
+                out = model(source, decode=spec.boxes in wanted)
+            else:  # a custom teacher (models/protocol.py), checked as when it was cached
+                out = self._custom(name, model, source)
             made = {dst: out.features[src].float() for src, dst in spec.features.items() if dst in wanted}  # fmt: skip
             if spec.heatmap in wanted:
                 activation = self.contract.field(spec.heatmap).heatmap_activation or "logits"
@@ -218,10 +287,11 @@ def prepare(cfg: Config, store: Any, fields: Iterable[str], samples: FrameDatase
             device: torch.device) -> tuple[OnlineTeacher, Any]:  # fmt: skip
     """The online teacher of ``cfg`` over ``store``'s teachers, and the training dataset that
     feeds it (:class:`TeacherViews` when a teacher reads its own view of the frames)."""
-    wanted = teachers_for(fields)
+    made = store.provenance.get("teachers", {})
+    wanted = teachers_for(fields, made)
     loaded = load_online_teachers(store, wanted, dict(cfg.student.teacher_checkpoints), device)
     teacher_data = reader_settings(store, cfg.data)
-    online = OnlineTeacher({n: m for n, (m, _) in loaded.items()}, fields, store.contract)
+    online = OnlineTeacher({n: m for n, (m, _) in loaded.items()}, fields, store.contract, made)
     return online, TeacherViews(samples, teacher_data, own_views(wanted, cfg.data, teacher_data))
 
 

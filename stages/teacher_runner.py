@@ -1,7 +1,9 @@
 """Worker side of stage one: load the teachers once per process, run them over one shard of
 frames, hand the arrays to the store writer.
 
-Which store field each teacher output becomes is one literal table (:data:`TEACHER_FIELDS`).
+Which store field each teacher output becomes is one literal table (:data:`TEACHER_FIELDS`);
+a custom teacher's (a factory entry in ``cache.teachers``) is its declaration
+(:mod:`bevkd.stages.custom_teacher`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bevkd.datasets.dataset import FrameDataset
 from bevkd.datasets.frame import Frame, Sample, collate
 from bevkd.models.outputs import TeacherOutput
 from bevkd.pipeline.cluster import io_threads
-from bevkd.pipeline.config import Config
+from bevkd.pipeline.config import Config, is_custom_teacher
 from bevkd.pipeline.errors import BevkdError
 from bevkd.storage.fields import MAP_TO_BEV_FIELD, TEACHER_FIELDS
 
@@ -137,6 +139,11 @@ def forward_shard(
     with DEVICE_LOCK:
         started = time.perf_counter()
         for name in teachers:
+            if is_custom_teacher(name):  # any torch module behind a factory (models/protocol.py)
+                from bevkd.stages.custom_teacher import forward_into
+
+                forward_into(cfg, name, samples, device, batch_size, arrays, boxes)
+                continue
             model, _, _ = load_teacher_once(checkpoint_of(cfg, name), device)
             spec = TEACHER_FIELDS[name]
             chosen = samples_read_by(name, samples)
@@ -182,21 +189,51 @@ def describe_teachers(
     the labelled frames it saw (:func:`labels_seen`)."""
     from bevkd.models.checkpoint import load_checkpoint, weights_sha256
     from bevkd.pipeline.config import config_sha256
+    from bevkd.stages import custom_teacher
 
     out = {}
     for name in teachers:
+        if is_custom_teacher(name):  # keyed by its declared name (custom_teacher.describe)
+            built = custom_teacher.build(cfg, name, device or torch.device("cpu"))
+            out[built.declaration.name] = custom_teacher.describe(built)
+            continue
         model, tcfg, sha = load_teacher_once(
             checkpoint_of(cfg, name), device or torch.device("cpu")
         )
+        payload = load_checkpoint(checkpoint_of(cfg, name))
+        encoder = (
+            tcfg.centerpoint.encoder
+            if tcfg.model.kind == "centerpoint"
+            else tcfg.model.lidar_encoder
+        )
         out[name] = {
-            "architecture": f"{type(model).__name__} ({tcfg.model.kind}, encoder {tcfg.model.lidar_encoder})",
+            "architecture": f"{type(model).__name__} ({tcfg.model.kind}, encoder {encoder})",
             "checkpoint": checkpoint_of(cfg, name),
             "checkpoint_sha256": sha,
             "config_sha256": config_sha256(tcfg),
             "model": dataclasses.asdict(tcfg.model),
             "labeled_tokens": labels_seen(checkpoint_of(cfg, name)),
-            "weights_sha256": weights_sha256(load_checkpoint(checkpoint_of(cfg, name))),
+            "weights_sha256": weights_sha256(payload),
         }
+        if tcfg.model.kind == "centerpoint":  # an imported teacher: its architecture and origin
+            out[name]["centerpoint"] = dataclasses.asdict(tcfg.centerpoint)
+            out[name]["imported_from"] = payload.get("imported_from")
+    return out
+
+
+def identities(cfg: Config, teachers: Sequence[str]) -> dict[str, str]:
+    """Teacher -> the sha256 a store records for it (``provenance.checkpoint_sha256``): a
+    built-in teacher's checkpoint file, a custom teacher's source and weights (it is built)."""
+    from bevkd.pipeline.provenance import sha256_file
+    from bevkd.stages import custom_teacher
+
+    out = {}
+    for name in teachers:
+        if is_custom_teacher(name):
+            built = custom_teacher.build(cfg, name, torch.device("cpu"))
+            out[built.declaration.name] = built.identity
+        else:
+            out[name] = sha256_file(checkpoint_of(cfg, name))
     return out
 
 

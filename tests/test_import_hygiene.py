@@ -13,6 +13,7 @@ import sys
 STUDENT_SIDE_MODULES: tuple[str, ...] = (
     "bevkd.models",
     "bevkd.models.outputs",
+    "bevkd.models.protocol",
     "bevkd.models.head",
     "bevkd.models.targets",
     "bevkd.models.box_coder",

@@ -136,7 +136,11 @@ TABLE: dict[str, Row] = {
         design="models/ may import torch, pipeline leaves, datasets' record types "
         "(frame, student_batch); spconv (teacher files only, lazily)",
         # the LiDAR teacher's voxel encoder and its CPU fallback
-        spconv_files=("models/sparse_encoder.py", "models/spconv_cpu.py"),
+        spconv_files=(
+            "models/sparse_encoder.py",
+            "models/centerpoint_sparse.py",
+            "models/spconv_cpu.py",
+        ),
     ),
     "distill": Row(
         may_import=("distill", "models", *RECORD_TYPES, *PIPELINE_LEAVES),

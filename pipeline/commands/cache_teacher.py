@@ -59,6 +59,11 @@ def command(
     write their BEV features, heatmaps, box regressions, decoded boxes and label embeddings
     into a chunked, compressed, checksummed Zarr store.
 
+    Any torch module can be a teacher too: list its factory in cache.teachers as
+    my_pkg.teachers:build or path/to/file.py:build (docs/teachers.md). What it gives is
+    checked against what it declares before each shard is written, and the store records the
+    factory, the sha256 of its source file and of its weights.
+
     One dask task per shard (store.shard_size frames), retried on failure. Rerunning after a
     crash resumes: written shards are skipped and the result equals an uninterrupted run.
     Each worker (cache.n_workers; 0 runs in this process) runs cache.threads_per_worker shard
@@ -77,6 +82,7 @@ def command(
       bevkd cache-teacher --config configs/demo/cache.yaml --store s3://bucket/teacher.zarr
       bevkd cache-teacher --config configs/nuscenes/cache.yaml --scheduler tcp://host:8786
       bevkd cache-teacher --config configs/demo/cache.yaml --repair          # after a failed verify
+      bevkd cache-teacher --config configs/demo/cache.yaml --set "cache.teachers=[my_teacher.py:build]"
     """
     extra = list(overrides)
     if store_url:
