@@ -14,7 +14,7 @@ SET ?=
 ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two results few-labels clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two results few-labels imported-teacher clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,9 @@ few-labels: setup  ## 25% labels + unlabelled frames: honest (budget teachers) a
 
 results: setup  ## every recipe, +unlabeled, cached vs online (5 seeds baseline/cmkd/codecs, 3 the rest; Welch + Holm verdicts); store codec vs accuracy (docs/results.md)
 	$(BIN)/python benchmarks/recipes.py $(ARGS)
+
+imported-teacher: setup  ## an imported (mmdet3d) CenterPoint end to end: import, cache over the demo world, train a CMKD student
+	$(BIN)/python benchmarks/imported_teacher.py $(ARGS)
 
 stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/results.md)
 	$(BIN)/python benchmarks/stage_two.py $(ARGS)

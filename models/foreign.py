@@ -244,8 +244,9 @@ def from_mmdet3d_config(cfg: Mapping[str, Any]) -> tuple[CenterPointConfig, Grid
         head_convs=int(next(iter(head.get("common_heads", {"reg": (2, 2)}).values()))[1]),
         rotation_order="sin_cos",
         max_per_task=int(coder.get("max_num", 500)),
-        score_threshold=float(test.get("score_threshold", coder.get("score_threshold", 0.1))),
-        post_center_range=tuple(float(v) for v in test.get("post_center_limit_range", coder.get("post_center_range"))),
+        # the coder's threshold and centre range act in decoding, before either NMS
+        score_threshold=float(coder.get("score_threshold", test.get("score_threshold", 0.1))),
+        post_center_range=tuple(float(v) for v in coder.get("post_center_range", test.get("post_center_limit_range"))),
         nms=str(test.get("nms_type", "rotate")),
         min_radius=tuple(float(r) for r in test.get("min_radius", ())),
         nms_iou=float(test.get("nms_thr", 0.2)),

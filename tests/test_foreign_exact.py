@@ -147,3 +147,96 @@ def test_openpcdet_boxes_equal_its_post_processing(openpcdet: dict[str, Any]) ->
     assert len(ref.pred_boxes) >= 10  # NMS and the caps had work to do
     # OpenPCDet's labels count from 1; bevkd's from 0 (the same class order)
     same_boxes(ours.detections[0], ref.pred_boxes, ref.pred_scores, ref.pred_labels - 1)
+
+
+# ------------------------------------------------------------------------------------------
+# mmdet3d 1.4.0 (its own forward, recorded in the fixture)
+# ------------------------------------------------------------------------------------------
+
+FIXTURES = ROOT / "tests" / "data" / "foreign"
+
+
+def spconv1_copy(src: Path, dst: Path) -> None:
+    """The checkpoint with its sparse kernels in spconv 1.x / mmcv layout (kD, kH, kW, Cin,
+    Cout), as the mmdet3d model zoo publishes them."""
+    payload = torch.load(src, map_location="cpu", weights_only=False)
+    payload["state_dict"] = {
+        k: v.permute(1, 2, 3, 4, 0).contiguous() if v.dim() == 5 else v
+        for k, v in payload["state_dict"].items()
+    }
+    torch.save(payload, dst)
+
+
+@pytest.fixture(scope="module", params=["voxel01", "voxel0075", "pillar02", "voxel01-spconv1"])
+def mmdet3d(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # fmt: skip
+    from bevkd.models.centerpoint import build_centerpoint_teacher
+
+    variant, _, layout = request.param.partition("-")
+    path = FIXTURES / f"mmdet3d_centerpoint_{variant}.pth"
+    if layout == "spconv1":
+        path, src = tmp_path_factory.mktemp("spconv1") / path.name, path
+        spconv1_copy(src, path)
+    reference = torch.load(FIXTURES / f"mmdet3d_centerpoint_{variant}_reference.pt", weights_only=False)  # fmt: skip
+    imported = import_centerpoint(path, "mmdet3d", Config(), kernel_layout=layout or "spconv2")
+    model = build_centerpoint_teacher(imported.config.centerpoint, imported.config.grid)
+    model.load_state_dict(imported.state, strict=True)
+    model.eval()
+    clouds = reference["points"]
+    points = torch.cat([torch.cat([torch.full((len(p), 1), float(b)), p], dim=1) for b, p in enumerate(clouds)])  # fmt: skip
+    two = SimpleNamespace(points=points, size=len(clouds), sensor_poses=lambda: torch.eye(4).expand(len(clouds), 4, 4))  # fmt: skip
+    with torch.no_grad():
+        bev = model.encode(points, len(clouds))
+        ours = model(two, decode=True)
+    return {"ref": reference, "ours": ours, "bev": bev, "model": model, "variant": variant, "imported": imported}  # fmt: skip
+
+
+def test_mmdet3d_architecture_is_read_from_its_own_config(mmdet3d: dict[str, Any]) -> None:
+    cfg, imported = mmdet3d["ref"]["config"], mmdet3d["imported"]
+    assert imported.origin["architecture_from"] == "meta.cfg"
+    assert imported.origin["mmdet3d_version"] == "1.4.0"
+    assert list(imported.config.grid.voxel_size) == cfg["voxel_size"]
+    assert list(imported.config.grid.point_cloud_range) == cfg["point_cloud_range"]
+    assert [list(t) for t in imported.config.centerpoint.tasks] == cfg["tasks"]
+    assert imported.config.centerpoint.nms == cfg["test_cfg"]["nms_type"]
+
+
+def test_mmdet3d_features_equal_its_forward(mmdet3d: dict[str, Any]) -> None:
+    ref, model, bev = mmdet3d["ref"], mmdet3d["model"], mmdet3d["bev"]
+    if ref["middle_encoder_out"] is not None:
+        close(bev, ref["middle_encoder_out"], "middle encoder (dense BEV)")
+    outs = model.backbone(bev)
+    for i, (mine, theirs) in enumerate(zip(outs, ref["backbone_out"], strict=True)):
+        close(mine, theirs, f"SECOND stage {i}")
+    close(model.neck(outs), ref["neck_out"], "SECONDFPN")
+
+
+def test_mmdet3d_head_maps_equal_its_forward(mmdet3d: dict[str, Any]) -> None:
+    ref, ours = mmdet3d["ref"], mmdet3d["ours"]
+    start = 0
+    for t, maps in enumerate(ref["head_out"]):
+        reg = ours.head.task_regression[:, t]
+        close(reg[:, 0:2], maps["reg"], f"task {t} reg")
+        close(reg[:, 2:3], maps["height"], f"task {t} height")
+        close(reg[:, 3:6], maps["dim"], f"task {t} dim")
+        close(reg[:, 6:8], maps["rot"], f"task {t} rot")
+        close(reg[:, 8:10], maps["vel"], f"task {t} vel")
+        n = maps["heatmap"].shape[1]
+        close(ours.head.heatmap[:, start : start + n], maps["heatmap"], f"task {t} heatmap")
+        start += n
+
+
+def test_mmdet3d_boxes_equal_its_predict(mmdet3d: dict[str, Any]) -> None:
+    ref, ours = mmdet3d["ref"], mmdet3d["ours"]
+    for b, det in enumerate(ours.detections):
+        boxes = ref["bboxes_3d"][b].clone()
+        boxes[:, 2] += boxes[:, 5] / 2  # mmdet3d outputs the bottom centre; bevkd the centre
+        assert len(boxes) >= 5
+        same_boxes(det, boxes, ref["scores_3d"][b], ref["labels_3d"][b])
+
+
+def test_a_kernel_in_the_other_layout_is_named(tmp_path: Path) -> None:
+    src = FIXTURES / "mmdet3d_centerpoint_voxel01.pth"
+    with pytest.raises(
+        Exception, match=r"declared spconv1 layout does not fit .* \(it fits spconv2"
+    ):
+        import_centerpoint(src, "mmdet3d", Config(), kernel_layout="spconv1")
