@@ -292,6 +292,39 @@ def from_mmdet3d_config(cfg: Mapping[str, Any]) -> tuple[CenterPointConfig, Grid
 
 
 # ------------------------------------------------------------------------------------------
+# Box conventions
+# ------------------------------------------------------------------------------------------
+# bevkd: (x, y, z_centre, l, w, h, yaw, vx, vy), yaw counter-clockwise from +x.
+# mmdet3d 1.x LiDAR boxes: the same but z at the bottom face (its predict moves the gravity
+# centre down by h / 2). OpenPCDet: (x, y, z_centre, dx, dy, dz, heading, vx, vy), the same
+# as bevkd's; its head regresses (cos, sin), which only the head mapping swaps.
+
+
+def boxes_from_mmdet3d(boxes: torch.Tensor) -> torch.Tensor:
+    """mmdet3d 1.x (N, 7 or 9) LiDAR boxes -> bevkd's: z from the bottom to the centre."""
+    out = boxes.clone()
+    out[:, 2] = boxes[:, 2] + boxes[:, 5] / 2
+    return out
+
+
+def boxes_to_mmdet3d(boxes: torch.Tensor) -> torch.Tensor:
+    """bevkd boxes -> mmdet3d 1.x LiDAR boxes (z at the bottom), e.g. to score in mmdet3d."""
+    out = boxes.clone()
+    out[:, 2] = boxes[:, 2] - boxes[:, 5] / 2
+    return out
+
+
+def boxes_from_openpcdet(boxes: torch.Tensor) -> torch.Tensor:
+    """OpenPCDet (N, 7 or 9) boxes -> bevkd's: the same layout (z at the centre)."""
+    return boxes.clone()
+
+
+def rotation_from_openpcdet(rot: torch.Tensor) -> torch.Tensor:
+    """OpenPCDet's rotation head (B, 2, H, W) = (cos, sin) -> bevkd's (sin, cos)."""
+    return rot.flip(1)
+
+
+# ------------------------------------------------------------------------------------------
 # Key names: foreign -> bevkd
 # ------------------------------------------------------------------------------------------
 

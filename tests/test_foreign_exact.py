@@ -25,7 +25,7 @@ from reference import openpcdet_config as pcdet_cfg
 from reference.openpcdet_centerpoint import forward as pcdet_forward
 from reference.openpcdet_random import random_checkpoint, synthetic_point_cloud
 
-from bevkd.models.foreign import import_centerpoint
+from bevkd.models.foreign import boxes_from_mmdet3d, import_centerpoint
 from bevkd.pipeline.config import CenterPointConfig, Config, GridConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,8 +228,7 @@ def test_mmdet3d_head_maps_equal_its_forward(mmdet3d: dict[str, Any]) -> None:
 def test_mmdet3d_boxes_equal_its_predict(mmdet3d: dict[str, Any]) -> None:
     ref, ours = mmdet3d["ref"], mmdet3d["ours"]
     for b, det in enumerate(ours.detections):
-        boxes = ref["bboxes_3d"][b].clone()
-        boxes[:, 2] += boxes[:, 5] / 2  # mmdet3d outputs the bottom centre; bevkd the centre
+        boxes = boxes_from_mmdet3d(ref["bboxes_3d"][b])  # mmdet3d's z is the bottom
         assert len(boxes) >= 5
         same_boxes(det, boxes, ref["scores_3d"][b], ref["labels_3d"][b])
 

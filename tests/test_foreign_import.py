@@ -219,3 +219,17 @@ def test_each_cell_takes_the_regression_of_its_best_task() -> None:
     reg = torch.stack([torch.full((10, 1, 2), 10.0), torch.full((10, 1, 2), 20.0)])[None]
     out = regression_per_cell(heat, reg, (("a",), ("b", "c")))
     assert out[0, :, 0, 0].tolist() == [10.0] * 10 and out[0, :, 0, 1].tolist() == [20.0] * 10
+
+
+def test_box_conventions_round_trip() -> None:
+    # a car 4 x 2 x 1.5 m standing on the ground at z = -1.8 (bottom), heading 30°
+    mm = torch.tensor([[5.0, -2.0, -1.8, 4.0, 2.0, 1.5, 0.5236, 1.0, 0.0]])
+    ours = foreign.boxes_from_mmdet3d(mm)
+    assert ours[0, 2].item() == pytest.approx(-1.05)  # the centre, 0.75 m above the bottom
+    assert torch.equal(ours[:, [0, 1, 3, 4, 5, 6, 7, 8]], mm[:, [0, 1, 3, 4, 5, 6, 7, 8]])
+    assert torch.allclose(foreign.boxes_to_mmdet3d(ours), mm)
+    pcdet = torch.tensor([[5.0, -2.0, -1.05, 4.0, 2.0, 1.5, 0.5236, 1.0, 0.0]])
+    assert torch.equal(foreign.boxes_from_openpcdet(pcdet), ours)
+    cos_sin = torch.tensor([[[[0.866]], [[0.5]]]])  # heading 30° as OpenPCDet regresses it
+    sin_cos = foreign.rotation_from_openpcdet(cos_sin)
+    assert torch.atan2(sin_cos[0, 0], sin_cos[0, 1]).item() == pytest.approx(0.5236, abs=1e-4)
