@@ -77,8 +77,10 @@ def main() -> None:
     counts = [len(opened.read_frame(i, ["boxes"])["boxes"]) for i in range(len(opened))]
     print(f"store {store}: {len(opened)} frames, boxes per frame median "
           f"{int(np.median(counts))} (min {min(counts)}, max {max(counts)})")  # fmt: skip
+    channels = next(f.shape[0] for f in opened.contract.fields if f.name == "lidar_bev")
     bevkd("train-student", "--config", "configs/demo/student_cmkd.yaml", *grid,
           "--set", f"student.store={store}", "--set", f"train.epochs={args.epochs}",
+          "--set", f"student.bev_channels={channels}",
           "--set", f"train.out_dir={OUT / 'student_cmkd'}")  # fmt: skip
 
 

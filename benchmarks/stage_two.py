@@ -356,7 +356,9 @@ def imported_store() -> None:
 
     checkpoint = IMPORTED / "centerpoint_voxel01.pt"
     if not checkpoint.is_file():
-        cfg = load_config("configs/demo/cache.yaml", [*IMPORTED_GRID, "model.kind=centerpoint"])
+        cfg = load_config(
+            "configs/demo/cache.yaml", [*IMPORTED_GRID, "data.lidar_sweeps=10", "model.kind=centerpoint"]
+        )
         torch.manual_seed(0)
         IMPORTED.mkdir(parents=True, exist_ok=True)
         save_checkpoint(checkpoint, build_teacher(cfg).eval(), cfg)
