@@ -203,6 +203,13 @@ def plan_contract(cfg: Config, frames: list[Frame], device: torch.device | None 
             for src, dst in teacher_runner.wanted_features(
                 name, cfg.cache.lidar_bev_scales, cfg.cache.lidar_bev_pre
             ).items():
+                if src not in out.features:
+                    raise BevkdError(
+                        f"teacher {name} ({path}, a {teacher_cfg.model.kind} model) gives no "
+                        f"{src} on this grid (it gives {', '.join(sorted(out.features))}); "
+                        + {"lidar_bev_pre": "set cache.lidar_bev_pre=false",
+                           "lidar_bev_s2": "leave 2 out of cache.lidar_bev_scales"}.get(src, "")
+                    )  # fmt: skip
                 c, h, w = out.features[src].shape[1:]
                 make = embedding_field if spec.labeled_only else bev_feature_field
                 fields.append(make(dst, c, h, w, codec=overrides.get(dst)))

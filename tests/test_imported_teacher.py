@@ -137,3 +137,23 @@ def test_bad_imports_name_every_problem(imported: dict, tmp_path: Path) -> None:
         str(config), "--out", str(tmp_path / "y.pt"),
     ])  # fmt: skip
     assert "['tram']" in result.output + str(result.exception)
+
+
+def test_a_pillar_teacher_without_a_map_to_bev_layer_is_named(tiny_nuscenes: Path, tmp_path: Path) -> None:  # fmt: skip
+    fixture = Path(__file__).parent / "data" / "foreign" / "mmdet3d_centerpoint_pillar02.pth"
+    root = copy_dataset(tiny_nuscenes, tmp_path / "data")
+    out = tmp_path / "pillar.pt"
+    result = CliRunner().invoke(cli, [
+        "teacher", "import", str(fixture), "--from", "mmdet3d", "--set", f"data.root={root}",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from bevkd.models.checkpoint import checkpoint_config, load_checkpoint
+
+    arch = checkpoint_config(load_checkpoint(out))
+    cfg = small_config(
+        root, *grid_sets(arch), "cache.teachers=[lidar]", f"cache.lidar_checkpoint={out}",
+        "cache.n_workers=0", f"store.url={tmp_path / 's.zarr'}", "cache.lidar_bev_pre=true",
+    )  # fmt: skip
+    with pytest.raises(Exception, match="gives no lidar_bev_pre on this grid.*cache.lidar_bev_pre=false"):  # fmt: skip
+        cache_teacher.run(cfg)
