@@ -155,5 +155,5 @@ def test_a_pillar_teacher_without_a_map_to_bev_layer_is_named(tiny_nuscenes: Pat
         root, *grid_sets(arch), "cache.teachers=[lidar]", f"cache.lidar_checkpoint={out}",
         "cache.n_workers=0", f"store.url={tmp_path / 's.zarr'}", "cache.lidar_bev_pre=true",
     )  # fmt: skip
-    with pytest.raises(Exception, match="gives no lidar_bev_pre on this grid.*cache.lidar_bev_pre=false"):  # fmt: skip
+    with pytest.raises(Exception, match=r"gives no lidar_bev_pre on this grid.*cache\.lidar_bev_pre=false"):  # fmt: skip
         cache_teacher.run(cfg)
