@@ -104,7 +104,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "cmkd-imported": {
         "config": "configs/demo/student_cmkd.yaml",
-        "set": [*IMPORTED_GRID, f"student.store={IMPORTED / 'store.zarr'}"],
+        "set": [*IMPORTED_GRID, f"student.store={IMPORTED / 'store.zarr'}", "student.bev_channels=128"],
         "teacher": "imported CenterPoint, mmdet3d nuScenes voxel-0.1 architecture, 10 sweeps",
     },
 }
