@@ -837,6 +837,40 @@ def config_sha256(cfg: Config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Keys added to the config after results were recorded against it, oldest first, each with a
+# default that keeps the behaviour from before it existed. A record made before a key existed
+# is a record of today's config with that key at its default (:func:`config_sha256_variants`),
+# so adding a key does not orphan the run ledger's results.
+ADDED_KEYS: tuple[str, ...] = (
+    "cache.teacher_checkpoints",  # the Teacher protocol (custom teachers' checkpoints)
+    "centerpoint",  # imported CenterPoints (model.kind: centerpoint)
+)
+
+
+def _canonical_sha(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def config_sha256_variants(cfg: Config) -> set[str]:
+    """:func:`config_sha256` of ``cfg``, and the sha256 the same config had before each
+    :data:`ADDED_KEYS` entry existed (the keys added since left out), as long as ``cfg`` leaves
+    those keys at their defaults: the hashes a record of this config may carry."""
+    data, defaults = to_dict(cfg), to_dict(Config())
+    out = {_canonical_sha(data)}
+    older = json.loads(json.dumps(data))
+    for key in reversed(ADDED_KEYS):
+        parts = key.split(".")
+        node, default = older, defaults
+        for part in parts[:-1]:
+            node, default = node[part], default[part]
+        if node.get(parts[-1]) != default.get(parts[-1]):
+            break  # set away from its default: no older config meant this
+        del node[parts[-1]]
+        out.add(_canonical_sha(older))
+    return out
+
+
 def save_resolved(cfg: Config, out_dir: str | Path) -> Path:
     """Write ``config.yaml`` and ``config.sha256`` into ``out_dir``; returns the YAML path."""
     out = Path(out_dir)

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from bevkd.distill.recipes import build_recipe, with_recipe_defaults
-from bevkd.pipeline.config import config_sha256, load_config
+from bevkd.pipeline.config import config_sha256, config_sha256_variants, load_config
 from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.provenance import code_version
 from bevkd.stages import run_ledger
@@ -46,9 +46,11 @@ DEMO_ARMS: tuple[Arm, ...] = (
 
 
 def arm_config_sha256(arm: Arm, out: Path, store: str, data_root: str,
-                      extra: tuple[str, ...] = ()) -> str:  # fmt: skip
-    """The sha256 of the resolved config :func:`train_arm` trains ``arm`` with."""
-    return config_sha256(with_recipe_defaults(load_config(arm.config, arm_sets(arm, out, store, data_root, extra))))  # fmt: skip
+                      extra: tuple[str, ...] = ()) -> set[str]:  # fmt: skip
+    """The sha256s a record of the resolved config :func:`train_arm` trains ``arm`` with may
+    carry: today's, and the same config's from before keys were added to the config
+    (:func:`bevkd.pipeline.config.config_sha256_variants`)."""
+    return config_sha256_variants(with_recipe_defaults(load_config(arm.config, arm_sets(arm, out, store, data_root, extra))))  # fmt: skip
 
 
 def arm_sets(arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, ...]) -> list[str]:
@@ -57,7 +59,7 @@ def arm_sets(arm: Arm, out: Path, store: str, data_root: str, extra: tuple[str, 
 
 
 def arm_metrics(
-    folder: Path, store: str | None = None, config_sha256: str | None = None
+    folder: Path, store: str | None = None, config_sha256: str | set[str] | None = None
 ) -> dict[str, Any] | None:
     """A finished arm's final validation (``eval/metrics.json``, nuScenes, or
     ``eval/kitti_ap.json``, KITTI AP|R40), from its run folder or else from the run ledger
@@ -65,16 +67,18 @@ def arm_metrics(
     A result not made by this commit's clean tree (another commit, or uncommitted changes: a
     run just trained in a dirty tree too) carries ``"reused": {"commit", "dirty"}``, for the
     report's † (:func:`bevkd.stages.run_ledger.dagger`). ``config_sha256``: the resolved
-    config the arm trains with (:func:`arm_config_sha256`); a result of another is not this
-    arm's. ``store``: the store the arm reads teacher fields from (None for an arm that reads
+    config the arm trains with (:func:`arm_config_sha256`: its sha256s before and after keys
+    were added to the config); a result of another is not this arm's. ``store``: the store the arm reads teacher fields from (None for an arm that reads
     none); a result recorded against a store of other teachers, labels, frames or codecs is
     not this arm's either."""
     found = run_ledger.find(folder)
     if found is None:
         return None
     entry, where = found
-    if config_sha256 is not None and entry.get("config_sha256", config_sha256) != config_sha256:
-        return None
+    if config_sha256 is not None and "config_sha256" in entry:
+        wanted = {config_sha256} if isinstance(config_sha256, str) else config_sha256
+        if entry["config_sha256"] not in wanted:
+            return None
     if store is not None:
         identity = run_ledger.store_identity(store)
         if where == "work" and entry.get("store") is None and "config_sha256" in entry:
@@ -103,11 +107,13 @@ def train_arm(
     sets = arm_sets(arm, out, store, data_root, extra)
     cfg = with_recipe_defaults(load_config(arm.config, sets))
     wanted = config_sha256(cfg)
+    # a record of this config made before keys were added to the config carries its old sha256
+    known = config_sha256_variants(cfg)
     # the store's identity, for an arm that reads teacher fields (a baseline reads none)
     reads = build_recipe(cfg).expects
     identity = run_ledger.store_identity(cfg.student.store) if reads else None
     saved = folder / "config.sha256"
-    if saved.is_file() and saved.read_text().strip() != wanted:
+    if saved.is_file() and saved.read_text().strip() not in known:
         raise BevkdError(
             f"{folder} holds a run of another config than {arm.config} with the demo's settings "
             "(the config changed since): remove that folder to train it again"
@@ -126,7 +132,7 @@ def train_arm(
     if (
         found is not None
         and found[1] == "ledger"
-        and (found[0].get("config_sha256") != wanted or weights)
+        and (found[0].get("config_sha256") not in known or weights)
     ):
         found = None  # a ledger entry of another config, or one without the weights needed
     if found is not None and not run_ledger.store_matches(found[0], identity):

@@ -151,3 +151,26 @@ def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("train:\n  epochs: 2\nmodel:\n  epochs: 3\n")  # same key, other mappings: fine
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.epochs'"):
         load_config(path)
+
+
+def test_a_record_made_before_a_key_was_added_still_matches() -> None:
+    import hashlib
+    import json
+
+    from bevkd.pipeline.config import ADDED_KEYS, config_sha256, config_sha256_variants, to_dict
+
+    cfg = load_config(None, ["train.epochs=3"])
+    before = to_dict(cfg)  # the config as the code before ADDED_KEYS resolved it
+    for key in ADDED_KEYS:
+        *parents, last = key.split(".")
+        node = before
+        for part in parents:
+            node = node[part]
+        del node[last]
+    old = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    variants = config_sha256_variants(cfg)
+    assert config_sha256(cfg) in variants and old in variants
+    # a config that sets an added key away from its default is not what an older record meant
+    moved = load_config(None, ["train.epochs=3", "centerpoint.max_voxels=5"])
+    assert old not in config_sha256_variants(moved)
+    assert config_sha256_variants(moved) == {config_sha256(moved)}
