@@ -121,8 +121,8 @@ TEACHER_SAW = {
 # The block's family of comparisons: (claim, arm a, arm b); a "holds" when a > b.
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     *((f"{m} (honest) beats the baseline", f"{m} (honest)", "baseline 25%") for m in MIXED),
-    *((f"{m} (oracle teacher, saw the hidden labels) beats the baseline", f"{m} (oracle teacher)",
-       "baseline 25%") for m in MIXED),  # fmt: skip
+    *((f"{m} (oracle teacher, saw the hidden labels) beats the baseline",
+       f"{m} (oracle teacher)", "baseline 25%") for m in MIXED),
     *((f"the oracle teacher adds to {m}", f"{m} (oracle teacher)", f"{m} (honest)") for m in MIXED),
     ("cmkd+pseudo_label (honest) beats the all-labels ceiling",
      "cmkd+pseudo_label (honest)", "baseline 100%"),

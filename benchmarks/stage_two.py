@@ -104,7 +104,11 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "cmkd-imported": {
         "config": "configs/demo/student_cmkd.yaml",
-        "set": [*IMPORTED_GRID, f"student.store={IMPORTED / 'store.zarr'}", "student.bev_channels=128"],
+        "set": [
+            *IMPORTED_GRID,
+            f"student.store={IMPORTED / 'store.zarr'}",
+            "student.bev_channels=128",
+        ],
         "teacher": "imported CenterPoint, mmdet3d nuScenes voxel-0.1 architecture, 10 sweeps",
     },
 }
@@ -357,7 +361,8 @@ def imported_store() -> None:
     checkpoint = IMPORTED / "centerpoint_voxel01.pt"
     if not checkpoint.is_file():
         cfg = load_config(
-            "configs/demo/cache.yaml", [*IMPORTED_GRID, "data.lidar_sweeps=10", "model.kind=centerpoint"]
+            "configs/demo/cache.yaml",
+            [*IMPORTED_GRID, "data.lidar_sweeps=10", "model.kind=centerpoint"],
         )
         torch.manual_seed(0)
         IMPORTED.mkdir(parents=True, exist_ok=True)

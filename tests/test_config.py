@@ -167,7 +167,9 @@ def test_a_record_made_before_a_key_was_added_still_matches() -> None:
         for part in parents:
             node = node[part]
         del node[last]
-    old = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    old = hashlib.sha256(
+        json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     variants = config_sha256_variants(cfg)
     assert config_sha256(cfg) in variants and old in variants
     # a config that sets an added key away from its default is not what an older record meant

@@ -107,7 +107,10 @@ def test_the_readme_block_quotes_only_what_holds(few: Any) -> None:
     assert "- **Holds:** pseudo_label (honest) beats the baseline (car AP): holds (Δ +0.100" in text
     # cmkd's +0.001 did not pass the test: it is named only among the rest, never as a result
     assert "**Holds:** cmkd (honest)" not in text
-    assert "**Holds:** cmkd (oracle teacher, saw the hidden labels) beats the baseline (car AP)" in text  # named as oracle
+    assert (
+        "**Holds:** cmkd (oracle teacher, saw the hidden labels) beats the baseline (car AP)"
+        in text
+    )  # named as oracle
     assert "Not distinguishable, or untested, at these seeds: " in text
     assert "cmkd (honest) beats the baseline (car AP)" in text.split("Not distinguishable")[1]
     assert "oracle teacher |" not in text  # the README's table is the honest one
