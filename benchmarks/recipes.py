@@ -366,6 +366,8 @@ def directions(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
             missed.append(f"- **Not reproduced: {claim}.** {cells}.")
     if missed:
         lines += ["Directions this run does not reproduce (findings, not tuned away):", "", *missed]
+    elif not judged:
+        lines += ["No direction is judged yet: the table's arms have not all run."]
     else:
         lines += ["Every direction above holds on at least one metric."]
     return lines
