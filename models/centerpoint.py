@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bevkd.models.box_coder import rotated_iou_pairs
+from bevkd.models import box_coder
 from bevkd.models.outputs import Detections, HeadOutput, TeacherOutput
 from bevkd.models.voxelize import Voxels, voxelize
 from bevkd.pipeline.config import CenterPointConfig, GridConfig
@@ -330,29 +330,14 @@ def circle_nms(
 def rotated_nms(
     boxes: torch.Tensor, scores: torch.Tensor, iou: float, pre_max: int, post_max: int
 ) -> torch.Tensor:
-    """Greedy NMS on the rotated BEV IoU of (N, >=7) boxes: sort by score, keep ``pre_max``,
-    drop a box whose IoU with a kept one exceeds ``iou``, keep ``post_max``. Indices into the
-    input."""
+    """Class-agnostic greedy NMS on the rotated BEV IoU of (N, >=7) boxes, as both sources do
+    it within a task: the ``pre_max`` best by score, a box dropped when its IoU with a kept one
+    exceeds ``iou`` (:func:`bevkd.models.box_coder.rotated_nms` with one class), the first
+    ``post_max`` kept. Indices into the input."""
     order = scores.sort(descending=True).indices[:pre_max]
-    cand = boxes[order]
-    n = cand.shape[0]
-    if n == 0:
-        return order
-    # IoU only where the footprints' circumscribed circles meet; elsewhere it is 0
-    i, j = torch.triu_indices(n, n, offset=1, device=cand.device)
-    radius = torch.hypot(cand[:, 3], cand[:, 4]) / 2
-    near = torch.hypot(cand[i, 0] - cand[j, 0], cand[i, 1] - cand[j, 1]) <= radius[i] + radius[j]
-    i, j = i[near], j[near]
-    overlap = torch.zeros(n, n, dtype=torch.float64)
-    overlap[i.cpu(), j.cpu()] = rotated_iou_pairs(cand[i], cand[j]).double().cpu()
-    removed = torch.zeros(n, dtype=torch.bool)
-    keep = []
-    for a in range(n):
-        if removed[a]:
-            continue
-        keep.append(a)
-        removed |= overlap[a] > iou
-    return order[torch.tensor(keep, dtype=torch.long)][:post_max]
+    one_class = torch.zeros(len(order), dtype=torch.long, device=boxes.device)
+    kept = box_coder.rotated_nms(boxes[order], scores[order], one_class, iou)
+    return order[kept][:post_max]
 
 
 def decode_task(
@@ -391,7 +376,7 @@ def decode_task(
     return Detections(boxes[index], scores[index], cls[index].long() + offset)
 
 
-def decode(
+def decode_tasks(
     heatmap: torch.Tensor, regression: torch.Tensor, cfg: CenterPointConfig, grid: GridConfig
 ) -> list[Detections]:
     """Per-task decoding and NMS, tasks concatenated in task order, per sample.
@@ -532,16 +517,11 @@ class CenterPointTeacher(nn.Module):
         self.backbone = SECOND(encoder_channels, cfg)
         self.neck = SECONDFPN(cfg)
         self.head = GroupedCenterHead(self.neck.out_channels, cfg)
-        stride = 1.0
-        self.backbone_strides = []
-        for s in cfg.backbone_strides:
-            stride *= s
-            self.backbone_strides.append(stride)
 
     def _voxel_out_channels(self) -> int:
         depth = self.cfg.sparse_shape[0]
         for spec in self.cfg.sparse_layers:
-            if spec[0] == "down" or spec[0] == "out":
+            if spec[0] in ("down", "out"):  # kernel 3 in z, stride 2, padding pad_z
                 depth = (depth + 2 * spec[3] - 3) // 2 + 1
         return self.cfg.sparse_layers[-1][2] * depth
 
@@ -599,10 +579,9 @@ class CenterPointTeacher(nn.Module):
         bev = self.encode(points, batch.size)
         named, outs = self.features(bev)
         heatmap, task_regression = self.head(self.neck(outs))
-        raw = HeadOutput(
-            heatmap=heatmap, regression=heatmap.new_zeros(0), task_regression=task_regression
+        detections = (
+            decode_tasks(heatmap, task_regression, self.cfg, self.grid_cfg) if decode else []
         )
-        detections = self.decode(raw) if decode else []
         if poses is not None:
             named = {k: _sample(v, poses, self.grid_cfg, "bilinear") for k, v in named.items()}
             heatmap = _sample(heatmap, poses, self.grid_cfg, "bilinear")
@@ -618,7 +597,7 @@ class CenterPointTeacher(nn.Module):
     def decode(self, head: HeadOutput) -> list[Detections]:
         if head.task_regression is None:
             raise ValueError("an imported CenterPoint decodes per task: task_regression missing")
-        return decode(head.heatmap, head.task_regression, self.cfg, self.grid_cfg)
+        return decode_tasks(head.heatmap, head.task_regression, self.cfg, self.grid_cfg)
 
 
 def build_centerpoint_teacher(cfg: CenterPointConfig, grid: GridConfig) -> CenterPointTeacher:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,6 +41,7 @@ from bevkd.pipeline.config import (
     SparseLayer,
 )
 from bevkd.pipeline.errors import BevkdError
+from bevkd.pipeline.provenance import sha256_file
 
 SOURCES = ("mmdet3d", "openpcdet")
 KERNEL_LAYOUTS = ("auto", "spconv1", "spconv2")
@@ -610,5 +610,5 @@ def import_centerpoint(
         grid=grid,
         classes=cp.classes,
     )
-    origin["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    origin["sha256"] = sha256_file(path)
     return Imported(config=config, state=converted, origin=origin)

@@ -833,8 +833,7 @@ def config_yaml(cfg: Config) -> str:
 
 def config_sha256(cfg: Config) -> str:
     """Hash of the resolved config (canonical JSON), stored beside every output."""
-    canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return _canonical_sha(to_dict(cfg))
 
 
 # Keys added to the config after results were recorded against it, oldest first, each with a

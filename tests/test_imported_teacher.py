@@ -20,6 +20,7 @@ from test_foreign_exact import openpcdet_bevkd_config
 
 from bevkd.pipeline.cli import cli
 from bevkd.pipeline.config import to_dict
+from bevkd.pipeline.provenance import sha256_file
 from bevkd.stages import cache_teacher, train_student
 from bevkd.storage.reader import open_store
 from bevkd.storage.verify import verify_store
@@ -75,7 +76,7 @@ def test_the_store_verifies_and_records_the_imported_teacher(imported: dict) -> 
     assert verify_store(str(imported["url"])).ok
     teacher = store.provenance["teachers"]["lidar"]
     assert teacher["imported_from"]["framework"] == "openpcdet"
-    assert teacher["imported_from"]["sha256"] == __import__("hashlib").sha256(imported["foreign"].read_bytes()).hexdigest()  # fmt: skip
+    assert teacher["imported_from"]["sha256"] == sha256_file(imported["foreign"])  # fmt: skip
     assert [tuple(t) for t in teacher["centerpoint"]["tasks"]] == list(pcdet_cfg.CLASS_NAMES_EACH_HEAD)  # fmt: skip
     assert teacher["labeled_tokens"] is None  # bevkd cannot know what trained it
     shapes = {f.name: f.shape for f in store.contract.fields}

@@ -180,21 +180,26 @@ def run_configs(out_size_factor: int, v: dict[str, Any]) -> dict[str, Any]:
     return dict(train_cfg=dict(pts=train), test_cfg=dict(pts=test))
 
 
+def hard_voxels(v: dict[str, Any], max_points: int, max_voxels: tuple[int, int]) -> dict[str, Any]:
+    """Det3DDataPreprocessor with hard voxelization (max_voxels: train, test), as the configs."""
+    return dict(
+        type="Det3DDataPreprocessor",
+        voxel=True,
+        voxel_layer=dict(
+            max_num_points=max_points,
+            voxel_size=v["voxel_size"],
+            point_cloud_range=v["point_cloud_range"],
+            max_voxels=max_voxels,
+        ),
+    )
+
+
 def voxel_model_config(v: dict[str, Any]) -> dict[str, Any]:
     """centerpoint_voxel*_second_secfpn_nus: hard voxels, SparseEncoder, SECOND, SECONDFPN."""
     nx, ny, nz = grid_size(v["voxel_size"], v["point_cloud_range"])
     return dict(
         type="CenterPoint",
-        data_preprocessor=dict(
-            type="Det3DDataPreprocessor",
-            voxel=True,
-            voxel_layer=dict(
-                max_num_points=10,
-                voxel_size=v["voxel_size"],
-                point_cloud_range=v["point_cloud_range"],
-                max_voxels=(90000, 120000),
-            ),
-        ),
+        data_preprocessor=hard_voxels(v, 10, (90000, 120000)),
         pts_voxel_encoder=dict(type="HardSimpleVFE", num_features=5),
         pts_middle_encoder=dict(
             type="SparseEncoder",
@@ -235,16 +240,7 @@ def pillar_model_config(v: dict[str, Any]) -> dict[str, Any]:
     nx, ny, _ = grid_size(v["voxel_size"], v["point_cloud_range"])
     return dict(
         type="CenterPoint",
-        data_preprocessor=dict(
-            type="Det3DDataPreprocessor",
-            voxel=True,
-            voxel_layer=dict(
-                max_num_points=20,
-                voxel_size=v["voxel_size"],
-                point_cloud_range=v["point_cloud_range"],
-                max_voxels=(30000, 40000),
-            ),
-        ),
+        data_preprocessor=hard_voxels(v, 20, (30000, 40000)),
         pts_voxel_encoder=dict(
             type="PillarFeatureNet",
             in_channels=5,
