@@ -18,6 +18,8 @@ from bevkd.pipeline.errors import BevkdError
 from bevkd.pipeline.provenance import environment, sha256_file
 
 CHECKPOINT_VERSION = 1
+# A zip archive ends with a 22-byte record plus a comment of up to 64 KiB.
+ZIP_TAIL = 22 + 65_535
 
 
 class CheckpointError(BevkdError):
@@ -50,16 +52,59 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: Config, **state: An
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The payload of the bevkd checkpoint at ``path``. Every command reads checkpoints here,
+    so a file that is not one is a one-line :class:`CheckpointError` saying what it is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (train it with `bevkd train-teacher`)")
     try:
-        payload: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-    if payload.get("version") != CHECKPOINT_VERSION or "model" not in payload:
-        raise CheckpointError(f"{path} is not a bevkd checkpoint of version {CHECKPOINT_VERSION}")
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # unpickling raises many types; all mean "not a checkpoint"
+        raise CheckpointError(
+            f"{path} is not a bevkd checkpoint: {unreadable_reason(path, exc)}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is not a bevkd checkpoint: {_holds(payload)}")
+    if "model" not in payload:
+        raise CheckpointError(f"{path} is not a bevkd checkpoint: it holds no model weights")
     return payload
+
+
+def unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch could not read the file at ``path`` (raising ``exc``): what it looks like,
+    from its first and last bytes."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(512)
+        f.seek(max(0, size - ZIP_TAIL))
+        tail = f.read()
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") and b"PK\x05\x06" not in tail:
+        return f"it is a torch file cut short ({size} bytes, its zip archive has no end record)"
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        first = (head.decode("ascii").strip().splitlines() or [""])[0][:40]
+        return f"it is a text file starting {first!r}"
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return f"torch cannot read it ({type(exc).__name__}: {reason})"
+
+
+def _holds(payload: Any) -> str:
+    """What a torch file that is not a bevkd checkpoint holds, and who made it where known."""
+    if not isinstance(payload, dict):
+        return f"it holds a {type(payload).__name__}, not a checkpoint dict"
+    for key, maker, source in (
+        ("state_dict", "an mmdet3d", "mmdet3d"),
+        ("model_state", "an OpenPCDet", "openpcdet"),
+    ):
+        if key in payload:
+            return (
+                f"it looks like {maker} checkpoint (it has '{key}'); make a bevkd teacher of it "
+                f"with `bevkd teacher import --from {source}`"
+            )
+    if "version" in payload:
+        return f"it records version {payload['version']!r}, this bevkd reads {CHECKPOINT_VERSION}"
+    return f"it holds the keys {', '.join(sorted(map(str, payload))[:8]) or '(none)'}"
 
 
 def weights_sha256(payload: dict[str, Any]) -> str:

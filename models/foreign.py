@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from bevkd.models.checkpoint import unreadable_reason
 from bevkd.pipeline.config import (
     CenterPointConfig,
     Config,
@@ -70,7 +71,8 @@ def load_foreign(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # unpickling raises many types; all mean "not a checkpoint"
-        raise BevkdError(f"{path} cannot be read as a torch checkpoint: {exc}") from exc
+        reason = unreadable_reason(path, exc)
+        raise BevkdError(f"{path} cannot be read as a torch checkpoint: {reason}") from exc
     if not isinstance(payload, dict):
         raise BevkdError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict")
     return payload

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -63,6 +64,91 @@ def _choices(key: str, values: typing.Sequence[Any], choices: typing.Iterable[An
         raise ConfigError(f"{key}: {list(values)} names an entry twice")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The numbers a numeric config key admits; for a list-valued key, each of its numbers.
+    NaN and infinities are never inside; ``allow`` lists sentinel values outside lo..hi
+    (each with its documented meaning)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    allow: dict[float, str] = field(default_factory=dict)
+
+    def admits(self, value: float) -> bool:
+        if value in self.allow:
+            return True
+        if not math.isfinite(value):
+            return False
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def describe(self, integer: bool) -> str:
+        """E.g. "an integer >= 1, or 0 (torch's default)", "a number in (0, 1]"."""
+        kind = "an integer" if integer else "a number"
+        if self.lo is not None and self.hi is not None:
+            left = "(" if self.lo_open else "["
+            right = ")" if self.hi_open else "]"
+            text = f"{kind} in {left}{self.lo:g}, {self.hi:g}{right}"
+        elif self.lo is not None:
+            text = f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        elif self.hi is not None:
+            text = f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            text = "any integer" if integer else "a finite number"
+        return text + "".join(f", or {v:g} ({meaning})" for v, meaning in self.allow.items())
+
+
+def num(
+    default: T,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    allow: dict[float, str] | None = None,
+) -> T:
+    """A numeric field's default and its :class:`Range` (>= ge or > gt, <= le or < lt, or a
+    sentinel of ``allow``), which every Config checks when it is built (the metadata is no
+    part of the values, so it leaves config_sha256 alone)."""
+    limits = Range(
+        lo=gt if gt is not None else ge,
+        hi=lt if lt is not None else le,
+        lo_open=gt is not None,
+        hi_open=lt is not None,
+        allow=allow or {},
+    )
+    return field(default=default, metadata={"range": limits})
+
+
+def _numbers(value: Any, key: str) -> typing.Iterator[tuple[str, float]]:
+    """(key, number) for a number, or for each number in a (nested) tuple as ``key[i][j]``."""
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{key}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield key, value
+
+
+def _check_ranges(section: Any, prefix: str = "") -> None:
+    """Every number of ``section`` (a config dataclass, recursively) is inside its field's
+    declared :class:`Range`; the first that is not is a one-line error naming its key."""
+    for f in dataclasses.fields(section):
+        key, value = prefix + f.name, getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.")
+        elif "range" in f.metadata:
+            limits: Range = f.metadata["range"]
+            for where, number in _numbers(value, key):
+                if not limits.admits(number):
+                    raise ConfigError(
+                        f"config key '{where}' = {number!r} is out of range: it must be "
+                        f"{limits.describe(isinstance(number, int))}"
+                    )
+
+
 # --------------------------------------------------------------------------------------------
 # Sections. Defaults are the embedded synthetic demo; configs/ hold the deltas for other runs.
 # --------------------------------------------------------------------------------------------
@@ -89,15 +175,15 @@ class DataConfig:
         "CAM_BACK",
         "CAM_BACK_RIGHT",
     )
-    image_size: tuple[int, int] = (128, 224)  # network input (H, W) after resize + crop
-    lidar_sweeps: int = 1  # keyframe + (lidar_sweeps - 1) earlier sweeps
-    depth_stride: int = 8  # LiDAR depth maps at image_size / depth_stride
+    image_size: tuple[int, int] = num((128, 224), ge=1)  # network input (H, W) after resize + crop
+    lidar_sweeps: int = num(1, ge=1)  # keyframe + (lidar_sweeps - 1) earlier sweeps
+    depth_stride: int = num(8, ge=1)  # LiDAR depth maps at image_size / depth_stride
     # augmentation (train only); every draw is recorded as matrices on the sample
-    resize_jitter: tuple[float, float] = (0.94, 1.06)
+    resize_jitter: tuple[float, float] = num((0.94, 1.06), gt=0)
     image_flip: bool = True
     photometric: bool = True
-    bev_rotation_deg: float = 22.5
-    bev_scale: tuple[float, float] = (0.95, 1.05)
+    bev_rotation_deg: float = num(22.5, ge=0, le=180)
+    bev_scale: tuple[float, float] = num((0.95, 1.05), gt=0)
     bev_flip: str = "xy"  # axes that may be mirrored: "", "x" (x -> -x), "y" (y -> -y), "xy"
     # KITTI only: keep points inside the front camera's frustum, as CMKD does
     crop_points_to_camera: bool = False
@@ -105,13 +191,13 @@ class DataConfig:
     kitti_raw_root: str = ""
     # KITTI only: image pixels per real-KITTI pixel (375-px-high images = 1.0); scales the
     # AP|R40 2D-height difficulty thresholds (40/25/25 px) for exports at another resolution
-    kitti_pixel_scale: float = 1.0
+    kitti_pixel_scale: float = num(1.0, gt=0)
     # A label budget, read alike by train-teacher (every teacher kind) and train-student: only
     # these labelled train frames keep their GT. labeled_tokens: a file of frame tokens, one a
     # line; otherwise labeled_fraction of them, a fixed subset drawn with label_seed. The others
     # are hidden: a teacher never loads them, a student may train them as unlabelled frames.
-    labeled_fraction: float = 1.0
-    label_seed: int = 0
+    labeled_fraction: float = num(1.0, gt=0, le=1)
+    label_seed: int = num(0, ge=0)
     labeled_tokens: str = ""
 
     def __post_init__(self) -> None:
@@ -129,8 +215,8 @@ class DataConfig:
             raise ConfigError("data.cameras: name at least one camera")
         if min(self.image_size) <= 0 or self.lidar_sweeps < 1 or self.depth_stride < 1:
             raise ConfigError(
-                f"data.image_size {list(self.image_size)}, lidar_sweeps {self.lidar_sweeps} and "
-                f"depth_stride {self.depth_stride} must be positive"
+                f"data.image_size {list(self.image_size)}, data.lidar_sweeps {self.lidar_sweeps} "
+                f"and data.depth_stride {self.depth_stride} must be positive"
             )
 
 
@@ -138,16 +224,11 @@ class DataConfig:
 class GridConfig:
     """Voxel grid of the LiDAR teacher and the BEV grid every stage shares."""
 
-    point_cloud_range: tuple[float, float, float, float, float, float] = (
-        -25.6,
-        -25.6,
-        -2.0,
-        25.6,
-        25.6,
-        4.0,
+    point_cloud_range: tuple[float, float, float, float, float, float] = num(
+        (-25.6, -25.6, -2.0, 25.6, 25.6, 4.0)
     )
-    voxel_size: tuple[float, float, float] = (0.2, 0.2, 0.25)
-    bev_stride: int = 4  # BEV cell = voxel_size * bev_stride
+    voxel_size: tuple[float, float, float] = num((0.2, 0.2, 0.25), gt=0)
+    bev_stride: int = num(4, ge=1)  # BEV cell = voxel_size * bev_stride
 
     @property
     def voxel_shape(self) -> tuple[int, int, int]:
@@ -181,23 +262,22 @@ class ModelConfig:
     # simulated multi-modal camera student)
     kind: str = "lidar"
     lidar_encoder: str = "voxel"  # voxel (SECOND-style spconv) | pillar (PointPillars-style)
-    max_points_per_voxel: int = 10
-    max_voxels: int = 40000
-    sparse_channels: tuple[int, ...] = (
-        16,
-        32,
-        64,
-        64,
-    )  # input, one per stride-2 stage, z-compressing output
-    sparse_layers: int = 1  # SubMConv3d layers after each strided sparse conv (SECOND: 2)
-    bev_channels: int = 64  # channels of the distilled BEV feature (lidar_bev); demo-sized for CPU
-    bev_backbone_layers: tuple[int, ...] = (2, 2)
-    head_channels: int = 32
-    camera_bev_channels: int = 64
-    image_backbone_channels: tuple[int, ...] = (32, 64, 128)
-    depth_bins: tuple[float, float, float] = (1.0, 40.0, 1.0)  # (min, max, step) metres
-    depth_loss_weight: float = 3.0  # camera branch depth BCE (BEVDepth's factor)
-    label_encoder_channels: int = 64  # LabelDistill: 256; 64 keeps the demo a few CPU minutes
+    max_points_per_voxel: int = num(10, ge=1)
+    max_voxels: int = num(40000, ge=1)
+    # input, one per stride-2 stage, z-compressing output
+    sparse_channels: tuple[int, ...] = num((16, 32, 64, 64), ge=1)
+    # SubMConv3d layers after each strided sparse conv (SECOND: 2)
+    sparse_layers: int = num(1, ge=0)
+    # channels of the distilled BEV feature (lidar_bev); demo-sized for CPU
+    bev_channels: int = num(64, ge=1)
+    bev_backbone_layers: tuple[int, ...] = num((2, 2), ge=0)
+    head_channels: int = num(32, ge=1)
+    camera_bev_channels: int = num(64, ge=1)
+    image_backbone_channels: tuple[int, ...] = num((32, 64, 128), ge=1)
+    depth_bins: tuple[float, float, float] = num((1.0, 40.0, 1.0), gt=0)  # (min, max, step) metres
+    depth_loss_weight: float = num(3.0, ge=0)  # camera branch depth BCE (BEVDepth's factor)
+    # LabelDistill: 256; 64 keeps the demo a few CPU minutes
+    label_encoder_channels: int = num(64, ge=1)
     checkpoint: str = ""  # a teacher checkpoint to load (label encoder: the frozen LiDAR teacher)
     init_from: str = ""  # a trained teacher whose matching weights initialise this one (fusion <- lidar, as BEVFusion)
 
@@ -252,54 +332,52 @@ class CenterPointConfig:
     # models: points go ego -> LiDAR, maps and boxes come back to the ego grid) | ego
     input_frame: str = "lidar"
     encoder: str = "voxel"  # voxel (sparse 3D convs) | pillar (PillarFeatureNet + scatter)
-    point_features: int = 5  # x, y, z, intensity, time-lag
-    max_points_per_voxel: int = 10
-    max_voxels: int = 120000  # at test time
-    sparse_shape: tuple[int, int, int] = (41, 1024, 1024)  # (z, y, x) of the sparse tensor
-    sparse_layers: tuple[SparseLayer, ...] = _sparse_layers(
-        ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)), (0, 1, 1), 256
+    point_features: int = num(5, ge=3)  # x, y, z, intensity, time-lag
+    max_points_per_voxel: int = num(10, ge=1)
+    max_voxels: int = num(120000, ge=1)  # at test time
+    # (z, y, x) of the sparse tensor
+    sparse_shape: tuple[int, int, int] = num((41, 1024, 1024), ge=1)
+    sparse_layers: tuple[SparseLayer, ...] = num(
+        _sparse_layers(((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)), (0, 1, 1), 256),
+        ge=0,  # channels >= 1 in practice; paddings and the bias flag may be 0
     )
-    sparse_bn_eps: float = 1e-3
+    sparse_bn_eps: float = num(1e-3, gt=0)
     # pillar encoder (PillarFeatureNet): PFN widths and the point decorations
-    pillar_channels: tuple[int, ...] = (64,)
+    pillar_channels: tuple[int, ...] = num((64,), ge=1)
     pillar_cluster_center: bool = True
     pillar_voxel_center: bool = True
     pillar_distance: bool = False
     pillar_legacy: bool = False  # mmdet3d's legacy=True: centre offsets overwrite raw x, y, z
     # 2D backbone (SECOND) and neck (SECONDFPN)
-    backbone_channels: tuple[int, ...] = (128, 256)
-    backbone_layers: tuple[int, ...] = (5, 5)
-    backbone_strides: tuple[int, ...] = (1, 2)
-    neck_channels: tuple[int, ...] = (256, 256)
-    neck_strides: tuple[float, ...] = (1.0, 2.0)  # < 1: a strided conv; > 1: a deconv
+    backbone_channels: tuple[int, ...] = num((128, 256), ge=1)
+    backbone_layers: tuple[int, ...] = num((5, 5), ge=0)
+    backbone_strides: tuple[int, ...] = num((1, 2), ge=1)
+    neck_channels: tuple[int, ...] = num((256, 256), ge=1)
+    neck_strides: tuple[float, ...] = num((1.0, 2.0), gt=0)  # < 1: a strided conv; > 1: a deconv
     neck_conv_for_no_stride: bool = True  # stride 1 as a 1x1 conv (mmdet3d) or deconv (OpenPCDet)
-    bn_eps_2d: float = 1e-3
+    bn_eps_2d: float = num(1e-3, gt=0)
     # CenterHead: class groups, one task head each
     tasks: tuple[tuple[str, ...], ...] = NUSCENES_TASKS
-    shared_channels: int = 64
-    head_channels: int = 64
-    head_convs: int = 2  # convs per regression branch, the last with bias
-    heatmap_convs: int = 2
-    final_kernel: int = 3
+    shared_channels: int = num(64, ge=1)
+    head_channels: int = num(64, ge=1)
+    head_convs: int = num(2, ge=1)  # convs per regression branch, the last with bias
+    heatmap_convs: int = num(2, ge=1)
+    final_kernel: int = num(3, ge=1)
     head_conv_bias: bool = False  # bias on the convs before a norm (mmdet3d bias='auto': no)
-    head_bn_eps: float = 1e-5
+    head_bn_eps: float = num(1e-5, gt=0)
     rotation_order: str = "sin_cos"  # mmdet3d (sin, cos); OpenPCDet (cos, sin)
     # test-time decoding, per task
-    max_per_task: int = 500
-    score_threshold: float = 0.1
-    post_center_range: tuple[float, float, float, float, float, float] = (
-        -61.2,
-        -61.2,
-        -10.0,
-        61.2,
-        61.2,
-        10.0,
+    max_per_task: int = num(500, ge=1)
+    score_threshold: float = num(0.1, ge=0, le=1)
+    post_center_range: tuple[float, float, float, float, float, float] = num(
+        (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
     )
     nms: str = "circle"  # circle (centre distance) | rotate (rotated BEV IoU)
-    min_radius: tuple[float, ...] = (4.0, 12.0, 10.0, 1.0, 0.85, 0.175)  # circle, per task
-    nms_iou: float = 0.2  # rotate
-    pre_nms: int = 1000
-    post_nms: int = 83
+    # circle, per task
+    min_radius: tuple[float, ...] = num((4.0, 12.0, 10.0, 1.0, 0.85, 0.175), gt=0)
+    nms_iou: float = num(0.2, ge=0, le=1)  # rotate
+    pre_nms: int = num(1000, ge=1)
+    post_nms: int = num(83, ge=1)
 
     def __post_init__(self) -> None:
         _choice("centerpoint.source", self.source, ("mmdet3d", "openpcdet"))
@@ -332,16 +410,16 @@ class CenterPointConfig:
 class HeadConfig:
     """CenterPoint head targets and decoding."""
 
-    gaussian_overlap: float = 0.1
-    min_radius: int = 2
-    score_threshold: float = 0.1
-    nms_iou: float = 0.2
-    max_detections: int = 300
-    heatmap_weight: float = 1.0
-    regression_weight: float = 0.25
+    gaussian_overlap: float = num(0.1, gt=0, lt=1)
+    min_radius: int = num(2, ge=0)
+    score_threshold: float = num(0.1, ge=0, le=1)
+    nms_iou: float = num(0.2, ge=0, le=1)
+    max_detections: int = num(300, ge=1)
+    heatmap_weight: float = num(1.0, ge=0)
+    regression_weight: float = num(0.25, ge=0)
     # per-channel L1 weights in REGRESSION_CHANNELS order (CenterPoint: velocity at 0.2)
-    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
-    pre_nms_top_k: int = 500  # candidates taken from the heatmap peaks before NMS
+    code_weights: tuple[float, ...] = num((1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2), ge=0)
+    pre_nms_top_k: int = num(500, ge=1)  # candidates taken from the heatmap peaks before NMS
 
     def __post_init__(self) -> None:
         if len(self.code_weights) != len(REGRESSION_CHANNELS):
@@ -356,26 +434,28 @@ class TrainConfig:
     """One training run: optimiser, schedule, checkpoints."""
 
     out_dir: str = "work/demo/teacher_lidar"
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    grad_clip: float = 35.0
-    grad_accum: int = 1
+    epochs: int = num(20, ge=1)
+    batch_size: int = num(4, ge=1)
+    lr: float = num(2e-3, gt=0)
+    weight_decay: float = num(1e-2, ge=0)
+    grad_clip: float = num(35.0, gt=0)
+    grad_accum: int = num(1, ge=1)
     amp: bool = True  # only takes effect on CUDA
-    num_workers: int = 2
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 1  # epochs
+    num_workers: int = num(2, ge=0)
+    seed: int = num(0, ge=0)
+    log_every: int = num(10, ge=1)
+    checkpoint_every: int = num(1, ge=1)  # epochs
     keep_checkpoints: bool = False  # also keep epoch_NNN.pt beside last.pt
-    eval_every: int = 0  # epochs; 0 evaluates only at the end
+    # epochs; 0 evaluates only at the end
+    eval_every: int = num(0, ge=1, allow={0: "only at the end"})
     # the validation number best.pt is chosen by: a key of metrics.json, dotted for nested ones
     # (nuScenes "NDS" or "mAP"; KITTI e.g. "ap.car.bev.moderate"); higher is better
     best_metric: str = "NDS"
     # DDP's find_unused_parameters: only for models with branches a step may skip (it costs a
     # graph traversal per step); every bevkd loss keeps all parameters in the graph
     find_unused_parameters: bool = False
-    torch_threads: int = 0  # torch intra-op threads of a training process; 0 = torch's default
+    # torch intra-op threads of a training process; 0 = torch's default
+    torch_threads: int = num(0, ge=1, allow={0: "torch's default"})
     # train-student only: "cached" reads the teacher fields from student.store; "online" runs
     # the teachers that made the store inside every step (the seeds' way; stages/online_teacher)
     targets: str = "cached"
@@ -385,11 +465,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class IOConfig:
+    """How requests to an object store (S3, GCS) retry transient failures: 500, 503 SlowDown,
+    reset connections, cut or damaged bodies (bevkd.storage.retry). Local stores never retry."""
+
+    # tries per request, the first included (each may hold the client library's own retries)
+    retry_attempts: int = num(10, ge=1)
+    # seconds one request may keep failing before the run stops, naming the object and frame
+    retry_deadline_s: float = num(300.0, gt=0)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Where and how stage one writes the teacher store."""
 
     url: str = "work/demo/teacher.zarr"
-    shard_size: int = 8  # frames per shard: the unit of work and of resumption
+    shard_size: int = num(8, ge=1)  # frames per shard: the unit of work and of resumption
     codecs: tuple[tuple[str, str], ...] = ()  # (field, codec) overrides of the per-kind defaults
     storage_options: tuple[tuple[str, str], ...] = ()  # fsspec options, e.g. endpoint_url
 
@@ -416,19 +507,22 @@ class CacheConfig:
     # heatmaps are stored as sigmoid probabilities (what CMKD, LabelDistill and SimDistill consume;
     # an 8-bit background of ~0 compresses well) or as the head's raw logits
     heatmap_as: str = "probabilities"
-    lidar_bev_scales: tuple[int, ...] = (1,)  # 1 = the BEV grid; 2 = half resolution too
+    # 1 = the BEV grid; 2 = half resolution too
+    lidar_bev_scales: tuple[int, ...] = num((1,), ge=1, le=2)
     # also write lidar_bev_pre: the LiDAR teacher's map-to-BEV output before its 2D backbone
     # (encoder channels, on the BEV grid), the layer CMKD distils (distill.bev_layer=map_to_bev)
     lidar_bev_pre: bool = False
     scheduler: str = ""  # a dask scheduler address; empty starts a LocalCluster
-    n_workers: int = 1  # LocalCluster worker processes; 0 = no dask, run in this process
+    # LocalCluster worker processes; 0 = no dask, run in this process
+    n_workers: int = num(1, ge=1, allow={0: "no dask"})
     # Shard tasks in flight per process; 0 = 2 with CUDA, else 1. Their teacher forwards take
     # turns on the device, so with 2 one task loads or writes while the other runs the
     # teachers: right for a GPU; on CPU cores the forward's threads would be preempted.
-    threads_per_worker: int = 0
-    torch_threads: int = 0  # torch intra-op threads per process; 0 = the cores / n_workers
-    retries: int = 2
-    max_frames: int = 0  # 0 = all
+    threads_per_worker: int = num(0, ge=1, allow={0: "2 with CUDA, else 1"})
+    # torch intra-op threads per process; 0 = the cores / n_workers
+    torch_threads: int = num(0, ge=1, allow={0: "the cores / n_workers"})
+    retries: int = num(2, ge=0)
+    max_frames: int = num(0, ge=1, allow={0: "every frame"})  # 0 = all
 
     def __post_init__(self) -> None:
         custom = [t for t in self.teachers if is_custom_teacher(t)]
@@ -465,8 +559,8 @@ class StudentConfig:
     unlabeled: bool = False
     # BEV feature channels at stride 1 (stride 2 has twice as many); they must match the
     # store's lidar_bev / lidar_bev_s2, which the distilled recipes compare them against
-    bev_channels: int = 64
-    bev_layers: tuple[int, ...] = (2, 2)
+    bev_channels: int = num(64, ge=1)
+    bev_layers: tuple[int, ...] = num((2, 2), ge=0)
     # a student checkpoint whose weights start this run (CMKD's phase 2 starts from phase 1)
     init_from: str = ""
     # a LiDAR teacher checkpoint whose 2D backbone, neck and head are copied into the student's
@@ -479,7 +573,7 @@ class StudentConfig:
     teacher_saw_hidden_labels: bool = False
     # labelled frames in every batch when unlabelled frames train too (0: all frames shuffled
     # together); e.g. 2 of batch 4, as semi-supervised detectors train (datasets/sampler.py)
-    labelled_per_batch: int = 0
+    labelled_per_batch: int = num(0, ge=1, allow={0: "all frames shuffled together"})
     # train.targets=online: teacher -> checkpoint, where it is not at the path the store's
     # provenance records (its sha256 must still be the recorded one)
     teacher_checkpoints: tuple[tuple[str, str], ...] = ()
@@ -498,7 +592,7 @@ class DistillConfig:
     # mimicry with no GT on any frame (the released CMKD KITTI code)
     mode: str = "gt+kd"
     # BEV feature term (recipe default: CMKD-MV 50, LabelDistill 0.3; CMKD KITTI 32)
-    bev_weight: float | None = None
+    bev_weight: float | None = num(None, ge=0)
     # CMKD's BEV mask. "none": the full map (CMKD's default); "teacher": cells where the
     # teacher's heatmap exceeds bev_mask_threshold in some class; "gt": GT-gaussian cells
     # (labelled frames only)
@@ -506,8 +600,8 @@ class DistillConfig:
     # CMKD's released code has no teacher-heatmap mask (Cc-Hy/CMKD pcdet/models/detectors/
     # cmkd.py: gt_mask, nonzero_mask); 0.1 is the teacher confidence at which its soft box
     # regression keeps a cell (center_head_soft.py, anchor_head_single_cmkd_v2.py)
-    bev_mask_threshold: float = 0.1
-    bev_scales: tuple[int, ...] = (1,)  # 1: lidar_bev; 2: lidar_bev_s2 as well
+    bev_mask_threshold: float = num(0.1, ge=0, le=1)
+    bev_scales: tuple[int, ...] = num((1,), ge=1, le=2)  # 1: lidar_bev; 2: lidar_bev_s2 as well
     # CMKD's BEV term at the teacher's "backbone" output (lidar_bev vs the student's bev) or at
     # its "map_to_bev" output before the backbone (lidar_bev_pre vs the student's camera_bev,
     # the paper's layer; the store needs cache.lidar_bev_pre, the student
@@ -516,19 +610,19 @@ class DistillConfig:
     response: bool = True  # the heatmap QFL and soft box terms; false = CMKD's phase 1
     # heatmap KD (recipe default: CMKD-MV's QFL 0.2, LabelDistill's focal 1, SimDistill's
     # QFL 0.25; CMKD KITTI 1-2)
-    heatmap_weight: float | None = None
-    qfl_beta: float = 2.0  # CMKD's QFL (loss_utils.py QualityFocalLoss, beta 2)
+    heatmap_weight: float | None = num(None, ge=0)
+    qfl_beta: float = num(2.0, ge=0)  # CMKD's QFL (loss_utils.py QualityFocalLoss, beta 2)
     # CMKD's QFL normaliser counts the (class, cell) entries of the batch whose teacher
     # probability exceeds it: 0.5 in CMKD-MV (bevdet.py CMKD_BEVDet.forward_train), the default
     # here as the demo and nuScenes configs are nuScenes-style; 0.3 in CMKD's CenterPoint head
     # (center_head_soft.py, configs/kitti); 0.1 in its anchor heads (per frame)
-    qfl_threshold: float = 0.5
+    qfl_threshold: float = num(0.5, ge=0, le=1)
     # box KD (recipe default: CMKD-MV 50, LabelDistill 0.25, SimDistill 0.25; CMKD KITTI's
     # CenterPoint head 4 with regression_normaliser "masked")
-    regression_weight: float | None = None
+    regression_weight: float | None = num(None, ge=0)
     # CMKD's soft box regression keeps cells whose summed teacher probability exceeds it
     # (center_head_soft.py, anchor_head_single_cmkd_v2.py: 0.1; CMKD-MV keeps every cell)
-    regression_threshold: float = 0.1
+    regression_threshold: float = num(0.1, ge=0)
     # ... and divides by "cells": every cell of the batch, channels averaged within each
     # CenterPoint head (CMKD-MV, for its weight 50); or "masked": the kept cells, channels
     # summed (CMKD's center_head_soft.py, for its weight 4). distill/losses.py soft_regression.
@@ -538,40 +632,40 @@ class DistillConfig:
     # LabelDistill: the label-embedding term (its LiDAR term is bev_weight; response: the
     # heatmap_weight gaussian focal and regression_weight L1 terms). Paper: 0.3, 0.3, 1, 0.25
     # (sanmin0312/LabelDistill exps/nuscenes/labeldistill/LabelDistill_r50_128x128_e24_*.py).
-    label_weight: float = 0.3
+    label_weight: float = num(0.3, ge=0)
     # LabelDistill on unlabelled frames (bevkd's: the paper has none): the LiDAR feature term's
     # mask is the teacher's heatmap where it exceeds this; 0.3 is the probability CMKD's
     # CenterPoint head counts as a positive (center_head_soft.py), above the soft floor
-    unlabelled_mask_threshold: float = 0.3
+    unlabelled_mask_threshold: float = num(0.3, ge=0, le=1)
     # SimDistill: IMD (camera BEV), CMD (simulated-LiDAR BEV vs cmd_field, GT-gaussian mask),
     # MMD-F (fused BEV); MMD-P is heatmap_weight (QFL) + regression_weight (SmoothL1 at GT
     # centres). Paper: 1, 100, 1, 0.25, 0.25 (ViTAE-Transformer/SimDistill
     # mmdet3d/models/fusion_models/bevfusion.py, heads/bbox/centerpoint.py).
-    imd_weight: float = 1.0
-    cmd_weight: float = 100.0
+    imd_weight: float = num(1.0, ge=0)
+    cmd_weight: float = num(100.0, ge=0)
     cmd_field: str = "fusion_lidar_bev"  # or lidar_bev (the LiDAR teacher's)
-    fused_weight: float = 1.0
+    fused_weight: float = num(1.0, ge=0)
     # SimDistill on unlabelled frames (bevkd's: the paper has none): CMD's mask is the
     # teacher's heatmap where it exceeds this; 0.1 is the probability SimDistill's MMD-P QFL
     # counts as a positive (centerpoint.py get_cls_layer_loss)
-    cmd_mask_threshold: float = 0.1
+    cmd_mask_threshold: float = num(0.1, ge=0, le=1)
     # FocalDistiller for bevkd: instance regions are the teacher's cached boxes scoring above
     # region_score; masked generative distillation there (mgd_weight; mgd_mask_ratio of the
     # student's cells dropped) and L1 at 9 points per box (point_weight)
-    region_score: float = 0.3
-    mgd_weight: float = 1.0
-    mgd_mask_ratio: float = 0.65
-    point_weight: float = 1.0
+    region_score: float = num(0.3, ge=0, le=1)
+    mgd_weight: float = num(1.0, ge=0)
+    mgd_mask_ratio: float = num(0.65, ge=0, lt=1)
+    point_weight: float = num(1.0, ge=0)
     # Pseudo-labels (pseudo_label recipe): the teacher's cached boxes (pseudo_boxes: boxes or
     # fusion_boxes) scoring at or above pseudo_threshold (per class: pseudo_class_thresholds)
     # as detection targets on frames without GT (and on labelled ones if pseudo_on_labelled);
     # pseudo_soft weights each box by its score
     pseudo_boxes: str = "boxes"
-    pseudo_threshold: float = 0.3
-    pseudo_class_thresholds: tuple[tuple[str, float], ...] = ()
+    pseudo_threshold: float = num(0.3, ge=0, le=1)
+    pseudo_class_thresholds: tuple[tuple[str, float], ...] = num((), ge=0, le=1)
     pseudo_soft: bool = False
     pseudo_on_labelled: bool = False
-    pseudo_weight: float = 1.0
+    pseudo_weight: float = num(1.0, ge=0)
 
     def __post_init__(self) -> None:
         _choice("distill.pseudo_boxes", self.pseudo_boxes, ("boxes", "fusion_boxes"))
@@ -598,7 +692,7 @@ class EvalConfig:
     eval_set: str = "val"
     render_curves: bool = False
     # nuScenes eval radius in metres; 0 = the devkit's per-class ranges capped at the BEV grid
-    class_range: float = 0.0
+    class_range: float = num(0.0, gt=0, allow={0: "the devkit's per-class ranges"})
     # KITTI AP|R40: "exact" (the definition, at every score threshold) or "devkit" (the
     # official devkit's 41 sampled thresholds, bit for bit: compare with published tables)
     kitti_sampling: str = "exact"
@@ -623,11 +717,17 @@ class Config:
     centerpoint: CenterPointConfig = field(default_factory=CenterPointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    io: IOConfig = field(default_factory=IOConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     classes: tuple[str, ...] = NUSCENES_CLASSES
+
+    def __post_init__(self) -> None:
+        # Once for the whole tree, where every key's dotted name is known; defaults, YAML, --set,
+        # recorded configs and dataclasses.replace all build a Config. Sections' own checks ran.
+        _check_ranges(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,6 +943,7 @@ def config_sha256(cfg: Config) -> str:
 ADDED_KEYS: tuple[str, ...] = (
     "cache.teacher_checkpoints",  # the Teacher protocol (custom teachers' checkpoints)
     "centerpoint",  # imported CenterPoints (model.kind: centerpoint)
+    "io",  # object-store retries (issue 26)
 )
 
 

@@ -31,9 +31,10 @@ def show(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
     cache.teachers lists built-in teachers (lidar, fusion, label_encoder) or custom ones by
     their factory: my_pkg.teachers:build or path/to/file.py:build (docs/teachers.md)."""
+    cfg = resolve(config_path, overrides)  # a bad config fails here, before torch is imported
     from bevkd.distill.recipes import with_recipe_defaults  # torch: only when it runs
 
-    cfg = with_recipe_defaults(resolve(config_path, overrides))
+    cfg = with_recipe_defaults(cfg)
     text = config_yaml(cfg)
     # the entry forms, as a YAML comment above the key (the saved configs carry no comments)
     click.echo(text.replace("\ncache:\n", f"\ncache:\n  {TEACHERS_COMMENT}\n", 1), nl=False)

@@ -60,10 +60,10 @@ def command(
           --set student.unlabeled=true --set train.out_dir=work/demo/student_cmkd_unlab
       torchrun --nproc_per_node 8 -m bevkd.pipeline.cli train-student --config F
     """
+    cfg = resolve(config_path, (*overrides, *([f"train.targets={targets}"] if targets else [])))
     from bevkd.pipeline.commands.train_teacher import print_metrics
     from bevkd.stages.train_student import run
 
-    cfg = resolve(config_path, (*overrides, *([f"train.targets={targets}"] if targets else [])))
     if build_missing:
         _build_store(cfg, cache_config)
     result = run(cfg)

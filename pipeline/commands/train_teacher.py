@@ -22,9 +22,10 @@ def command(config_path: str | None, overrides: tuple[str, ...]) -> None:
     Example:
       bevkd train-teacher --config configs/demo/lidar_teacher.yaml --set train.epochs=2
     """
+    cfg = resolve(config_path, overrides)  # a bad config fails here, before torch is imported
     from bevkd.stages.train_teacher import run
 
-    result = run(resolve(config_path, overrides))
+    result = run(cfg)
     click.echo(f"checkpoint: {result.checkpoint}")
     if result.metrics:
         print_metrics(result.metrics)
