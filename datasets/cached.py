@@ -25,30 +25,40 @@ from bevkd.datasets.student_batch import StudentBatch, collate_student
 from bevkd.storage.augment import transform_field
 from bevkd.storage.reader import TeacherStore
 from bevkd.storage.remote import is_local
+from bevkd.storage.retry import RetryPolicy, default_policy
 from bevkd.storage.schema import StoreContract, field_grid
 
 
 class _LazyStore:
-    """Opens the store on first use in each process (keyed by pid, so a fork re-opens)."""
+    """Opens the store on first use in each process (keyed by pid, so a fork re-opens), under
+    the retry policy of the process that made it (a forkserver worker starts without it)."""
 
     def __init__(
-        self, url: str, storage_options: dict[str, Any] | None, expect: StoreContract | None
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None,
+        expect: StoreContract | None,
+        retry: RetryPolicy | None = None,
     ):
         self.url, self.storage_options, self.expect = str(url), storage_options, expect
+        self.retry = retry or default_policy()
         self._store: TeacherStore | None = None
         self._pid = -1
 
     def get(self) -> TeacherStore:
         if self._store is None or self._pid != os.getpid():
-            self._store = TeacherStore(self.url, self.storage_options, self.expect)
+            self._store = TeacherStore(
+                self.url, self.storage_options, self.expect, retry=self.retry
+            )
             self._pid = os.getpid()
         return self._store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options, "expect": self.expect}
+        return {"url": self.url, "storage_options": self.storage_options, "expect": self.expect,
+                "retry": self.retry}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"], state["expect"])  # type: ignore[misc]
+        self.__init__(state["url"], state["storage_options"], state["expect"], state.get("retry"))  # type: ignore[misc]
 
 
 class CachedTargets(torch.utils.data.Dataset):

@@ -91,8 +91,19 @@ def run_cli(group: click.Group, argv: list[str]) -> Any:
     except (BevkdError, ConfigError, FileNotFoundError) as exc:
         if os.environ.get("BEVKD_DEBUG"):
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """An error's message for the terminal. torch re-raises a DataLoader worker's error in the
+    main process as "Caught <Type> in DataLoader worker process N." plus the worker's
+    traceback; that becomes the worker's own message, then where it was raised."""
+    lines = message.rstrip().splitlines()
+    if len(lines) > 2 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        where = lines[0][len("Caught ") :].rstrip(".")
+        return f"{lines[-1].split(': ', 1)[-1]} ({where})"
+    return message
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -337,10 +337,12 @@ def shard_task(
     Returns the frames written and the seconds the teachers' forward took.
     """
     from bevkd.pipeline.cluster import io_threads, prepare_process, task_device
+    from bevkd.storage.retry import use_config
     from bevkd.storage.writer import ShardAlreadyWritten, StoreWriter
 
     prepare_process(torch_threads)
     cfg = from_dict(Config, cfg_dict)
+    use_config(cfg)
     writer = StoreWriter.reopen(url, storage_options)
     writer.threads = io_threads()
     if writer.is_written(shard_id):
@@ -395,6 +397,7 @@ def run(
     """
     from bevkd.pipeline.cluster import ClusterStarter
     from bevkd.storage.remote import check_writable
+    from bevkd.storage.retry import use_config
     from bevkd.storage.writer import writer_lock
 
     started = time.perf_counter()
@@ -405,11 +408,12 @@ def run(
     if rewrite and not resume:
         raise BevkdError("--repair and --retry-skipped work on an existing store; drop --no-resume")
     storage_options = dict(cfg.store.storage_options) or None
+    use_config(cfg)  # the store's requests retry under io.*
     check_writable(cfg.store.url, storage_options)  # before any teacher loads
     in_process = cfg.cache.n_workers == 0 and not cfg.cache.scheduler
     # A LocalCluster's workers spawn and import torch while this process plans the store.
     with (
-        writer_lock(cfg.store.url),
+        writer_lock(cfg.store.url, storage_options),
         contextlib.nullcontext()
         if in_process
         else ClusterStarter(

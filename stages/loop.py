@@ -214,9 +214,9 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
         len(dataset), t.batch_size, t.seed, True, info.rank, info.world_size, t.grad_accum,
         labelled, labelled_per_batch,
     )  # fmt: skip
-    workers = dict(
-        num_workers=t.num_workers, persistent_workers=t.num_workers > 0, **(loader_extra or {})
-    )
+    # A worker start method (loader_extra) means nothing without workers; torch refuses it.
+    extra = (loader_extra or {}) if t.num_workers > 0 else {}
+    workers = dict(num_workers=t.num_workers, persistent_workers=t.num_workers > 0, **extra)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                          pin_memory=info.device.type == "cuda", **workers)  # fmt: skip
     objective.to(info.device)

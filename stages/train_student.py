@@ -224,8 +224,10 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
 def run(cfg: Config) -> TrainResult:
     """Train the student of ``cfg`` and evaluate it on val; returns where it all went."""
     from bevkd.stages.predict import evaluate_model
+    from bevkd.storage.retry import use_config
 
     cfg = with_recipe_defaults(cfg)  # the recipe's own weights, saved with the run
+    use_config(cfg)  # the store's requests retry under io.* (its DataLoader workers inherit it)
     info = setup_distributed()
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)

@@ -37,7 +37,16 @@ def copy_store(
     dst_options: dict[str, Any] | None = None,
     concurrency: int = 16,
 ) -> CopyResult:
-    """Copy ``src`` to ``dst`` (resuming a partial copy) and verify ``dst``; raise if it fails."""
+    """Copy ``src`` to ``dst`` (resuming a partial copy) and verify ``dst``; raise if it fails.
+    The destination's writer lock is held throughout (:func:`~bevkd.storage.writer.writer_lock`)."""
+    from bevkd.storage.writer import writer_lock
+
+    with writer_lock(dst, dst_options):
+        return _copy_store(src, dst, src_options, dst_options, concurrency)
+
+
+def _copy_store(src: str, dst: str, src_options: dict[str, Any] | None,
+                dst_options: dict[str, Any] | None, concurrency: int) -> CopyResult:  # fmt: skip
     source = open_zarr_store(src, src_options, read_only=True)
     attrs = read_root_attrs(source)
     if attrs is None or attrs.get("bevkd_store") != STORE_MARKER:

@@ -107,9 +107,13 @@ def fetch(store: Any, keys: list[str]) -> list[bytes | None]:
     proto = default_buffer_prototype()
 
     async def run() -> list[Any]:
-        return await asyncio.gather(*(store.get(k, proto) for k in keys))
+        # Every request ends before the first failure is raised: none is left running behind.
+        return await asyncio.gather(*(store.get(k, proto) for k in keys), return_exceptions=True)
 
-    return [None if b is None else b.to_bytes() for b in run_sync(run())]
+    got = run_sync(run())
+    if failed := [b for b in got if isinstance(b, BaseException)]:
+        raise failed[0]
+    return [None if b is None else b.to_bytes() for b in got]
 
 
 def _read_file(path: Any) -> bytes | None:

@@ -8,7 +8,8 @@ chunks. This path encodes each chunk exactly as zarr would (C-order little-endia
 byte for byte what zarr writes and plain zarr reads it (a test checks the bytes). It only
 takes writes that cover whole chunks of arrays chunked along axis 0 with that codec chain;
 everything else goes through zarr. Local files are written in place (see :func:`put_objects`),
-remote objects through the store's ``set``.
+remote objects through the store's ``set`` (with retries), then confirmed by a HEAD each
+(:func:`confirm_objects`) before the shard's mark is put.
 """
 
 from __future__ import annotations
@@ -108,6 +109,57 @@ def put_objects(store: Any, objects: list[tuple[str, bytes]]) -> None:
         await asyncio.gather(*(store.set(k, buffer.from_bytes(v)) for k, v in objects))
 
     run_sync(run())
+    confirm_objects(store, objects)
+
+
+def confirm_objects(store: Any, objects: list[tuple[str, bytes]]) -> None:
+    """Check that each remote object holds what was put (one HEAD each): its size, and its
+    ETag where that is the body's MD5 (S3's single-part PUT). An object that does not match
+    is put once more and checked again, then it is an error naming it. Called before a
+    shard's "written" mark, so a mark never stands for data the store did not take."""
+    import hashlib
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    from bevkd.storage.retry import RetryingStore, base_store, call_with_retries, default_policy
+    from bevkd.storage.schema import StoreError
+
+    policy = store.policy if isinstance(store, RetryingStore) else default_policy()
+    under = base_store(store)
+    if not hasattr(under, "fs"):  # not an fsspec store: nothing to ask
+        return
+    fs, root = under.fs, under.path.rstrip("/")
+
+    async def matches(key: str, data: bytes) -> bool:
+        import random
+
+        info = await call_with_retries(
+            "HEAD", f"{root}/{key}", lambda: fs._info(f"{root}/{key}"), policy, random.Random()
+        )
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        plain_md5 = len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
+        return int(info.get("size", -1)) == len(data) and (
+            not plain_md5 or etag.lower() == hashlib.md5(data).hexdigest()
+        )
+
+    async def check(todo: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        flags = await asyncio.gather(*(matches(k, v) for k, v in todo))
+        return [obj for obj, ok in zip(todo, flags, strict=True) if not ok]
+
+    if not (bad := run_sync(check(objects))):
+        return
+    buffer = default_buffer_prototype().buffer
+
+    async def again() -> None:
+        await asyncio.gather(*(store.set(k, buffer.from_bytes(v)) for k, v in bad))
+
+    run_sync(again())
+    if still := run_sync(check(bad)):
+        raise StoreError(
+            f"{root}/{still[0][0]}: the store does not hold the bytes just put (size or MD5 "
+            f"differ, twice; {len(still)} object(s) in all); the shard stays unmarked, so a "
+            "rerun writes it again"
+        )
 
 
 def _write_file(path: str, data: bytes) -> None:

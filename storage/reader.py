@@ -9,6 +9,7 @@ nothing reads back as silent zeros.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,17 @@ from bevkd.storage.remote import (
     run_sync,
     unreachable,
 )
+from bevkd.storage.retry import STATS, RetryPolicy, StoreIOError, backoff_sleep, default_policy
 from bevkd.storage.schema import (
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     StoreContract,
     StoreError,
 )
+
+# Reads in all of a remote chunk that keeps failing its crc32c, where zarr's general read
+# path hides the bytes (so two reads of the same damaged object cannot be told apart).
+CHECKSUM_TRIES = 3
 
 
 class FrameSkipped(StoreError):
@@ -47,9 +53,11 @@ class TeacherStore:
         storage_options: dict[str, Any] | None = None,
         expect: StoreContract | None = None,
         check_index: bool = True,
+        retry: RetryPolicy | None = None,
     ):
         self.url = str(url)
         self.storage_options = storage_options
+        self.retry = retry or default_policy()
         self._expect = expect
         self._check_index = check_index
         self._open()
@@ -57,7 +65,7 @@ class TeacherStore:
     def _open(self) -> None:
         import zarr
 
-        store = open_zarr_store(self.url, self.storage_options, read_only=True)
+        store = open_zarr_store(self.url, self.storage_options, read_only=True, retry=self.retry)
         reach(store, self.url)
         try:
             with quiet_zarr():
@@ -136,6 +144,7 @@ class TeacherStore:
             "storage_options": self.storage_options,
             "expect": self._expect,
             "check_index": self._check_index,
+            "retry": self.retry,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -145,6 +154,7 @@ class TeacherStore:
             state["expect"],
         )
         self._check_index = state.get("check_index", True)
+        self.retry = state.get("retry") or default_policy()
         self._open()
 
     def __len__(self) -> int:
@@ -224,6 +234,16 @@ class TeacherStore:
         )
         if not 0 <= i < self.num_frames:
             raise StoreError(f"{self.url}: frame index {i} out of range 0..{self.num_frames - 1}")
+        try:
+            return self._read_frame(i, fields)
+        except StoreIOError as exc:
+            field = exc.key.split("/fields/")[-1].split("/")[0] if "/fields/" in exc.key else None
+            what = f"field {field!r}" if field else "the store's index"
+            raise StoreIOError(f"{self._frame_name(i)}, {what}: {exc}", exc.key) from exc
+
+    def _read_frame(
+        self, i: int, fields: list[str] | tuple[str, ...] | None
+    ) -> dict[str, np.ndarray]:
         self._check_frame(i)
         specs = (
             [self.contract.field(f) for f in fields]
@@ -232,12 +252,7 @@ class TeacherStore:
         )
         specs = [s for s in specs if self.has_label[i] or not s.labeled_only]
         keys = [(s, part) for s in specs for part in layout.field_parts(s)]
-        fast = self._fast_arrays([layout.field_key(s.name, p) for s, p in keys])
-        if fast is not None:
-            values: list[Any] = self._read_fast(i, fast)
-        else:
-            arrays = [self._array(layout.field_key(s.name, p))._async_array for s, p in keys]
-            values = run_sync(_gather(i, arrays))
+        values = self._read_parts(i, [layout.field_key(s.name, p) for s, p in keys])
         parts: dict[str, dict[str, np.ndarray]] = {s.name: {} for s in specs}
         for (spec, part), value in zip(keys, values, strict=True):
             if isinstance(value, ValueError):
@@ -264,6 +279,42 @@ class TeacherStore:
             out[spec.name] = value if value.flags.writeable else value.copy()
         return out
 
+    def _read_parts(self, i: int, keys: list[str]) -> list[Any]:
+        """Frame ``i``'s row of each array: an array, None (chunk missing) or the ValueError of
+        a chunk that failed its crc32c.
+
+        From a remote store, a chunk that fails its checksum is read again (a body damaged in
+        transit), under the store's retry policy, until it reads whole, or until two reads
+        bring the same wrong bytes (the stored object itself is damaged: more reads cannot
+        mend it). Without the bytes at hand (zarr's general path) it is read ``CHECKSUM_TRIES``
+        times in all.
+        """
+        fast = self._fast_arrays(keys)
+        values: list[Any] = [None] * len(keys)
+        seen: dict[int, set[int]] = {}  # key position -> hashes of the damaged bodies read
+        todo = list(range(len(keys)))
+        start, tries = time.monotonic(), 0
+        while todo:
+            tries += 1
+            if fast is not None:
+                got = self._read_fast(i, [fast[k] for k in todo])
+            else:
+                got = run_sync(_gather(i, [self._array(keys[k])._async_array for k in todo]))
+            again = []
+            for k, (value, body) in zip(todo, got, strict=True):
+                values[k] = value
+                if isinstance(value, ValueError) and (body is None or body not in seen.get(k, ())):
+                    again.append(k)
+                    seen.setdefault(k, set()).add(body)  # type: ignore[arg-type]
+            limit = self.retry.attempts if fast is not None else CHECKSUM_TRIES
+            over = tries >= limit or time.monotonic() - start > self.retry.deadline_s
+            if not again or is_local(self.url) or over:
+                break
+            todo = again
+            STATS.add(rereads=len(todo))
+            backoff_sleep(tries, self.retry)
+        return values
+
     def _fast_arrays(self, keys: list[str]) -> list[FastArray] | None:
         """Lean readers for these arrays, or None if any uses another chunk format."""
         if self._fast is None:
@@ -275,24 +326,30 @@ class TeacherStore:
         found = [self._fast[k] for k in keys]
         return None if any(f is None for f in found) else found  # type: ignore[return-value]
 
-    def _read_fast(self, i: int, arrays: list[FastArray]) -> list[Any]:
+    def _read_fast(self, i: int, arrays: list[FastArray]) -> list[tuple[Any, int | None]]:
+        """(row or None or the ValueError, hash of a body that failed its check) per array."""
         raws = fetch(self._group.store, [a.key(i) for a in arrays])
-        out: list[Any] = []
+        out: list[tuple[Any, int | None]] = []
         for array, raw in zip(arrays, raws, strict=True):
             try:
-                out.append(None if raw is None else array.decode(raw, i))
+                out.append((None if raw is None else array.decode(raw, i), None))
             except ValueError as exc:  # crc32c mismatch or undecodable bytes
-                out.append(exc)
+                out.append((exc, hash(raw)))
         return out
 
 
-async def _gather(i: int, arrays: list[Any]) -> list[Any]:
+async def _gather(i: int, arrays: list[Any]) -> list[tuple[Any, int | None]]:
     # One event-loop round trip for every array of the frame (they are fetched concurrently).
-    return await asyncio.gather(*(a.getitem(i) for a in arrays), return_exceptions=True)
+    got = await asyncio.gather(*(a.getitem(i) for a in arrays), return_exceptions=True)
+    return [(value, None) for value in got]
 
 
 def open_store(
-    url: str, expect: StoreContract | None = None, storage_options: dict[str, Any] | None = None
+    url: str,
+    expect: StoreContract | None = None,
+    storage_options: dict[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> TeacherStore:
-    """Open a store read-only; with ``expect``, fail unless its contract is compatible."""
-    return TeacherStore(url, storage_options=storage_options, expect=expect)
+    """Open a store read-only; with ``expect``, fail unless its contract is compatible.
+    ``retry``: how a remote store's requests retry (default: this process's policy)."""
+    return TeacherStore(url, storage_options=storage_options, expect=expect, retry=retry)

@@ -11,9 +11,12 @@ import warnings
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bevkd.storage.schema import StoreError
+
+if TYPE_CHECKING:
+    from bevkd.storage.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -38,10 +41,19 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def open_zarr_store(
-    url: str, storage_options: dict[str, Any] | None = None, read_only: bool = True
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    read_only: bool = True,
+    retry: RetryPolicy | None = None,
 ) -> Any:
-    """A zarr ``Store`` for ``url``; ``storage_options`` go to fsspec (ignored for local paths)."""
+    """A zarr ``Store`` for ``url``; ``storage_options`` go to fsspec (ignored for local paths).
+
+    A remote store comes wrapped in a :class:`~bevkd.storage.retry.RetryingStore`: each of its
+    requests retries transient failures under ``retry`` (default: the process's policy).
+    """
     from zarr.storage import FsspecStore, LocalStore
+
+    from bevkd.storage.retry import RetryingStore
 
     if is_local(url):
         path = local_path(url)
@@ -50,12 +62,16 @@ def open_zarr_store(
                 f"store {url}: no such directory; check the path or run cache-teacher first"
             )
         return LocalStore(path, read_only=read_only)
+    # No listings cache: fsspec keeps one filesystem object per thread, each with its own
+    # cache of directory listings, and a listing cached before another thread (or process)
+    # wrote a shard's mark hides that mark from this one (s3fs then even fails a GET of the
+    # object, sizing it from the stale listing). A store is written by many at once.
+    options = {"use_listings_cache": False, **(storage_options or {})}
     try:
-        return FsspecStore.from_url(
-            str(url), storage_options=dict(storage_options or {}), read_only=read_only
-        )
+        store = FsspecStore.from_url(str(url), storage_options=options, read_only=read_only)
     except (ImportError, ValueError) as exc:
         raise StoreError(f"store {url}: cannot open this URL through fsspec ({exc})") from exc
+    return RetryingStore(store, retry, str(url))
 
 
 def list_keys(store: Any, prefix: str = "") -> list[str]:
@@ -76,6 +92,10 @@ def object_sizes(store: Any) -> dict[str, int]:
 
     from zarr.storage import FsspecStore, LocalStore
 
+    from bevkd.storage.retry import RetryingStore, base_store, call_with_retries, default_policy
+
+    policy = store.policy if isinstance(store, RetryingStore) else default_policy()
+    store = base_store(store)
     if isinstance(store, LocalStore):
         root = str(store.root)
         out = {}
@@ -89,7 +109,10 @@ def object_sizes(store: Any) -> dict[str, int]:
         async def find() -> dict[str, Any]:
             return await store.fs._find(root, detail=True, withdirs=False)
 
-        out = {path[len(root) + 1 :]: int(info["size"]) for path, info in run_sync(find()).items()}
+        import random
+
+        found = run_sync(call_with_retries("LIST", root + "/", find, policy, random.Random()))
+        out = {path[len(root) + 1 :]: int(info["size"]) for path, info in found.items()}
     else:  # any other zarr store: list, then ask each size
         keys = list_keys(store)
 
@@ -152,6 +175,9 @@ def store_url(store: Any) -> str:
     """The URL a zarr store object was opened at, for messages."""
     from zarr.storage import FsspecStore, LocalStore
 
+    from bevkd.storage.retry import base_store
+
+    store = base_store(store)
     if isinstance(store, LocalStore):
         return str(store.root)
     if isinstance(store, FsspecStore):

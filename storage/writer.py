@@ -129,7 +129,24 @@ class StoreWriter:
         # A half-created store (marker "creating") has no written shard yet: it is redone.
         layout.create_store(store, contract.fields, n, shard_size, index, attrs)
         group = zarr.open_group(store, mode="r+")
-        return cls(url, group, attrs, storage_options)
+        writer = cls(url, group, attrs, storage_options)
+        writer.check_creator()
+        return writer
+
+    def check_creator(self) -> None:
+        """Fail if the store's root record is no longer the one this writer made or opened:
+        another run created the same URL at the same moment (on an object store whose writer
+        lease could not be taken conditionally), and its shards must not be merged with ours."""
+        found = read_root_attrs(open_zarr_store(self.url, self.storage_options, read_only=False))
+        theirs = (found or {}).get("provenance")
+        if _canonical(theirs) != _canonical(self._attrs.get("provenance")):
+            made = theirs or {}
+            raise StoreError(
+                f"store {self.url} was created at the same moment by another run (its record: "
+                f"teacher {made.get('teacher', '?')}, config {str(made.get('config_sha256'))[:12]}, "
+                f"created {made.get('created_at', '?')}); the two runs' shards must not mix: "
+                "delete the store and rerun one cache-teacher"
+            )
 
     @classmethod
     def _resume(cls, url: str, existing: dict[str, Any], contract: StoreContract, frames_hash: str,
@@ -464,9 +481,17 @@ class StoreWriter:
         """
         from bevkd.storage.finalize import finalize_store
 
+        self.check_creator()
         return finalize_store(
             self.url, self._group, self.contract, self.num_shards, self.storage_options
         )
+
+
+def _canonical(value: Any) -> str:
+    """JSON text of attrs as stored (tuples become lists on the way), for comparing."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _runs(rows: list[int]) -> list[tuple[int, int]]:
@@ -481,16 +506,19 @@ def _runs(rows: list[int]) -> list[tuple[int, int]]:
 
 
 @contextmanager
-def writer_lock(url: str) -> Iterator[None]:
-    """Hold the store's writer lock (local stores: an exclusive ``flock`` on ``<store>.lock``
-    beside it) for one cache run; a second run on the same store fails at once, naming the
-    holder, instead of reading the first one's half-made store as corruption.
+def writer_lock(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Hold the store's writer lock for one run (cache-teacher, store copy); a second run on
+    the same store fails at once, naming the holder, instead of reading the first one's
+    half-made store as corruption.
 
-    Object stores have no lock: there concurrent runs are safe once the store exists (a shard
-    that another run marked first is skipped), but two runs must not create it at once.
+    Local stores: an exclusive ``flock`` on ``<store>.lock`` beside it. Object stores: a
+    lease object ``<store>.lock`` taken by a conditional write (:mod:`bevkd.storage.lease`).
     """
     if not is_local(url):
-        yield
+        from bevkd.storage.lease import object_store_lease
+
+        with object_store_lease(url, storage_options):
+            yield
         return
     import fcntl
     import socket

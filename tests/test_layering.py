@@ -57,6 +57,7 @@ STORAGE_READER_SIDE = (
     "storage.layout",
     "storage.fastread",
     "storage.remote",
+    "storage.retry",
     "storage.augment",
 )
 
