@@ -122,10 +122,24 @@ class TeacherStore:
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, FastArray | None] | None = None
 
+    def read_rows(self, key: str, rows: slice | int = slice(None)) -> np.ndarray:
+        """``rows`` of the array at ``key`` through zarr. From a remote store, a chunk that
+        fails its crc32c is read again (``CHECKSUM_TRIES`` reads in all) before its
+        ValueError is raised: the bytes may have been damaged on the way."""
+        for tries in range(1, CHECKSUM_TRIES + 1):
+            try:
+                return np.asarray(self._group[key][rows])
+            except ValueError:
+                if is_local(self.url) or tries == CHECKSUM_TRIES:
+                    raise
+                STATS.add(rereads=1)
+                backoff_sleep(tries, self.retry)
+        raise AssertionError("unreachable")
+
     def _index_array(self, name: str) -> np.ndarray:
         key = layout.index_key(name)
         try:
-            return np.asarray(self._group[key][:])
+            return self.read_rows(key)
         except KeyError:
             raise StoreError(
                 f"{self.url}: the index array {key} is missing (its zarr.json is gone); run "
@@ -168,8 +182,8 @@ class TeacherStore:
     def skipped(self) -> dict[int, str]:
         """Frame index -> reason, for frames the teacher skipped."""
         if self._skipped is None:
-            mask = np.asarray(self._group[layout.index_key("skipped")][:], dtype=bool)
-            reasons = self._group[layout.index_key("skip_reason")][:]
+            mask = np.asarray(self.read_rows(layout.index_key("skipped")), dtype=bool)
+            reasons = self.read_rows(layout.index_key("skip_reason"))
             return {int(i): str(reasons[i]) for i in np.flatnonzero(mask)}
         return dict(self._skipped)
 
@@ -201,7 +215,7 @@ class TeacherStore:
     def _check_frame(self, i: int) -> None:
         shard = i // self.shard_size
         if not self.finalized and shard not in self._written:
-            if int(self._array(layout.MARKS)[shard]) != 1:
+            if int(self.read_rows(layout.MARKS, shard)) != 1:
                 raise StoreError(
                     f"{self.url}: {self._frame_name(i)} is in shard {shard}, which is not written yet "
                     "(the store is incomplete: run cache-teacher again to resume it)"
@@ -211,8 +225,8 @@ class TeacherStore:
             reason = self._skipped.get(i)
         else:
             reason = (
-                str(self._array(layout.index_key("skip_reason"))[i])
-                if bool(self._array(layout.index_key("skipped"))[i])
+                str(self.read_rows(layout.index_key("skip_reason"), i))
+                if bool(self.read_rows(layout.index_key("skipped"), i))
                 else None
             )
         if reason is not None:

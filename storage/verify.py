@@ -272,7 +272,7 @@ def _check_shard_bookkeeping(
             else slice(frames.start, frames.stop)
         )
         try:
-            value = np.asarray(store._array(key)[rows])
+            value = store.read_rows(key, rows)
         except ValueError as exc:
             report.bad_shards.add(shard)
             report.problems.append(f"shard {shard}: {key} chunk fails its checksum ({exc})")
@@ -284,12 +284,13 @@ def _check_shard_bookkeeping(
 def _check_frame_field(store: TeacherStore, spec: FieldSpec, i: int, present: set[str]) -> str:
     """Empty if frame ``i`` of ``spec`` decodes cleanly, else what is wrong."""
     parts = layout.field_parts(spec)
-    arrays = [store._array(layout.field_key(spec.name, p))._async_array for p in parts]
-
-    async def fetch() -> list[Any]:
-        return await asyncio.gather(*(a.getitem(i) for a in arrays), return_exceptions=True)
-
-    values = dict(zip(parts, run_sync(fetch()), strict=True))
+    # The reader's own path: a remote chunk whose body arrives damaged is read again before
+    # it counts as corrupt (a retry-exhausted request is reported as unreadable).
+    try:
+        got = store._read_parts(i, [layout.field_key(spec.name, p) for p in parts])
+    except StoreError as exc:
+        return f"unreadable ({exc})"
+    values = dict(zip(parts, got, strict=True))
     for part, value in values.items():
         if isinstance(value, ValueError):
             return f"{part} chunk fails its checksum ({value})"
@@ -298,7 +299,7 @@ def _check_frame_field(store: TeacherStore, spec: FieldSpec, i: int, present: se
     for part in parts:
         key = layout.field_key(spec.name, part)
         rows = store._array(key).chunks[0]
-        if _chunk_key(store, key, i // rows) not in present:
+        if values[part] is None or _chunk_key(store, key, i // rows) not in present:
             return f"{part} chunk missing although its shard is marked written"
     loaded = {p: np.asarray(v) for p, v in values.items()}
     decoded = codecs.decode_boxes(loaded) if spec.kind == "boxes" else codecs.decode(spec, loaded)
