@@ -290,7 +290,32 @@ def test_copy_to_and_from_s3_at_mixed_faults_is_exact(
     assert proxy.injected() >= 5
     same_store(local, remote, None, s3_server)
     same_store(local, back, None, None)
-    assert not (tmp_path / "back.zarr.lock").exists() or True  # the local lock file may stay
+
+
+def test_a_copy_to_s3_killed_halfway_then_rerun_is_exact(
+    tmp_path: Path, proxy: FaultProxy, s3_server: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = str(tmp_path / "src.zarr")
+    write_store(local, small_contract(), n_frames=10, shard_size=4)
+    proxy.plan = FaultPlan(rate=0.05, seed=13)
+    options, remote = _through(proxy, s3_server), _url()
+    real_set, puts = RetryingStore.set, []
+
+    async def dies_at_the_40th_put(self: RetryingStore, key: str, value: Any) -> None:
+        if len(puts) == 40:  # the process dies here (an error no retry catches stands in)
+            raise RuntimeError("killed")
+        puts.append(key)
+        await real_set(self, key, value)
+
+    monkeypatch.setattr(RetryingStore, "set", dies_at_the_40th_put)
+    with pytest.raises(RuntimeError, match="killed"):
+        copy_store(local, remote, None, options, concurrency=1)
+    monkeypatch.setattr(RetryingStore, "set", real_set)
+    with pytest.raises(StoreError):
+        open_store(remote, storage_options=s3_server)  # no root zarr.json yet: not a store
+    result = copy_store(local, remote, None, options)
+    assert result.report.ok and result.skipped >= 40  # the first run's objects were kept
+    same_store(local, remote, None, s3_server)
 
 
 def test_a_shard_is_marked_only_after_its_objects_are_confirmed(
