@@ -14,7 +14,7 @@ SET ?=
 ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two results few-labels imported-teacher clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two store-load results few-labels imported-teacher clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,6 +65,9 @@ imported-teacher: setup  ## an imported (mmdet3d) CenterPoint end to end: import
 
 stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/results.md)
 	$(BIN)/python benchmarks/stage_two.py $(ARGS)
+
+store-load: setup  ## N reader processes x W workers from local disk, S3 (moto) and S3 at 5% faults: frames/s, p50/p99, retries; readers a 10 frames/s student needs (docs/reliability.md)
+	$(BIN)/python benchmarks/store_load.py $(ARGS)
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)

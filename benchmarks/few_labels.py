@@ -396,11 +396,13 @@ def pseudo_label_quality(thresholds: list[float]) -> list[str]:
     return lines
 
 
-def write_block(path: Path, name: str, text: str) -> None:
+def write_block(path: Path, name: str, text: str, marks: tuple[str, str] = ("start", "end"),
+                title: str = "# bevkd results (generated blocks)") -> None:  # fmt: skip
     """Put ``text`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``
-    (appended if absent), so several generators can share one results page."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    old = path.read_text() if path.is_file() else "# bevkd results (generated blocks)\n"
+    (appended if absent), so several generators can share one results page. ``marks``: other
+    marker words (``("begin", "end")``); ``title``: the first line of a page made here."""
+    start, end = f"<!-- {name}:{marks[0]} -->", f"<!-- {name}:{marks[1]} -->"
+    old = path.read_text() if path.is_file() else f"{title}\n"
     block = f"{start}\n{text}{end}\n"
     if start in old and end in old:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1 :]
