@@ -104,6 +104,7 @@ class FaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.plan = plan or FaultPlan(rate=0.0)
         self.counts: Counter[str] = Counter()
+        self.methods: Counter[str] = Counter()  # requests seen, by HTTP method
         self._seen: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -134,6 +135,7 @@ class FaultProxy:
             nth = self._seen[(method, path)]
             self._seen[(method, path)] += 1
             self.counts["requests"] += 1
+            self.methods[method] += 1
             return self.plan.choose(method, path, nth), nth
 
     def applied(self, kind: str) -> None:

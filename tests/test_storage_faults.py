@@ -193,6 +193,22 @@ def test_reads_at_mixed_faults_give_the_fault_free_frames(
     assert verify_store(url, _through(proxy, s3_server)).ok
 
 
+def test_a_frame_read_from_s3_costs_one_get_per_chunk_and_no_head(
+    proxy: FaultProxy, s3_server: dict
+) -> None:
+    """s3fs sizes a whole-object GET with a HEAD unless max_concurrency is 1 (bevkd's default
+    for s3://): without it, every chunk read was two requests."""
+    url = _url()
+    write_store(url, small_contract(), n_frames=4, shard_size=2, storage_options=s3_server)
+    store = open_store(url, storage_options=_through(proxy, s3_server))
+    store.read_frame(1)  # opens the arrays: their metadata
+    before = dict(proxy.methods)
+    got = store.read_frame(2)
+    chunks = sum(len(layout.field_parts(store.contract.field(name))) for name in got)
+    assert proxy.methods["GET"] - before.get("GET", 0) == chunks
+    assert proxy.methods["HEAD"] == before.get("HEAD", 0)
+
+
 def test_a_damaged_body_is_caught_by_the_crc_and_read_again(
     proxy: FaultProxy, s3_server: dict
 ) -> None:
