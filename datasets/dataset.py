@@ -21,7 +21,7 @@ import torch
 from bevkd.datasets.augment import apply_image_aug, draw_bev_aug, draw_image_aug, intrinsics_4x4
 from bevkd.datasets.depth import depth_map
 from bevkd.datasets.frame import CameraRecord, Frame, Sample
-from bevkd.datasets.loading import describe, load_points, open_image
+from bevkd.datasets.loading import describe, load_points, open_camera_image
 from bevkd.pipeline.config import Config, DataConfig
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import transform_boxes, transform_points
@@ -111,7 +111,7 @@ class FrameDataset(torch.utils.data.Dataset):
 
         images, cam2img, cam2ego, img_aug, depth = [], [], [], [], []
         for camera in self._cameras(frame, where):
-            pixels = open_image(camera.image_path, where)
+            pixels = open_camera_image(camera, where)
             _check_size(camera, pixels.size, where)
             aug = draw_image_aug(pixels.size, self.data, rng)
             intrinsics = aug.matrix @ intrinsics_4x4(camera.cam2img)

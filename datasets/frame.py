@@ -21,7 +21,9 @@ class CameraRecord:
     """One camera of a frame.
 
     ``cam2ego``: 4x4, camera (x right, y down, z forward) -> ego.
-    ``cam2img``: 3x3 intrinsics of the image file as stored on disk.
+    ``cam2img``: 3x3 intrinsics of the image file as stored on disk. ``distortion``: OpenCV
+    ``k1, k2, p1, p2, k3`` where the dataset records them (Waymo; empty otherwise), which
+    bevkd's pinhole projection does not apply.
     """
 
     name: str
@@ -31,6 +33,7 @@ class CameraRecord:
     width: int
     height: int
     timestamp: int = 0
+    distortion: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

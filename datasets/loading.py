@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bevkd.datasets.frame import Frame
+from bevkd.datasets.frame import CameraRecord, Frame
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import transform_points
 
@@ -79,15 +79,30 @@ def open_image(path: str, where: str = "") -> Any:
         raise DataError(f"{prefix}camera image {path} is not a readable image ({exc})") from None
 
 
+def open_camera_image(camera: CameraRecord, where: str = "") -> Any:
+    """``camera``'s image as an RGB ``PIL.Image``: its image file, or for Waymo frames its row
+    of the segment's ``camera_image`` parquet file."""
+    if camera.image_path.endswith(".parquet"):
+        from bevkd.datasets.waymo import load_camera_image
+
+        return load_camera_image(camera, where)
+    return open_image(camera.image_path, where)
+
+
 def load_points(frame: Frame, sweeps: int = 1, where: str = "") -> np.ndarray:
     """The frame's LiDAR points in its ego frame: ``(P, 5)`` x, y, z, intensity, time-lag.
 
     ``sweeps`` counts the keyframe: 1 reads only it; ``n`` adds up to ``n - 1`` earlier sweeps,
     each moved into the keyframe's LiDAR frame through the ego poses (``sweep2lidar``), with
     their time lag in seconds in the last column (0 for the keyframe). Frames with fewer
-    recorded sweeps (the start of a scene) use what they have.
+    recorded sweeps (the start of a scene) use what they have. Waymo frames have no point
+    file: their range images are read (:func:`bevkd.datasets.waymo.load_points`).
     """
     where = where or describe(frame)
+    if frame.dataset == "waymo":
+        from bevkd.datasets.waymo import load_points as load_waymo_points
+
+        return load_waymo_points(frame, where)
     key = load_point_file(frame.lidar_path, frame.points_dim, where)
     clouds = [_with_time_lag(key[:, :4], 0.0)]
     for sweep in frame.sweeps[: max(sweeps - 1, 0)]:

@@ -1,8 +1,8 @@
-"""A synthetic driving world written in the real nuScenes and KITTI on-disk formats.
+"""A synthetic driving world written in the real nuScenes, KITTI and Waymo v2 on-disk formats.
 
 Layers, one module each: the world model (``world``, ``placement``, ``road``, ``catalog``),
 the sensors (``raycast``, ``lidar``, ``camera``, ``appearance``, ``snapshot``) and the format
-writers (``nuscenes_*``, ``kitti_*``). See README.md in this folder.
+writers (``nuscenes_*``, ``kitti_*``, ``waymo_*``). See README.md in this folder.
 """
 
 from bevkd.datasets.synthetic.generate import FORMATS, generate

@@ -1,4 +1,4 @@
-"""The entry point: write the synthetic world to disk in nuScenes or KITTI format.
+"""The entry point: write the synthetic world to disk in nuScenes, KITTI or Waymo v2 format.
 
 Frames are rendered in chunks, in worker processes when there are many; every frame's
 randomness is seeded from (seed, scene, frame), so the output does not depend on how the
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from bevkd.datasets.synthetic.presets import get_preset
 
-FORMATS = ("nuscenes", "kitti")
+FORMATS = ("nuscenes", "kitti", "waymo")
 CHUNK = 6  # frames per task
 PARALLEL_ABOVE = 40  # frames: smaller jobs run in this process (worker start-up costs ~1 s)
 
@@ -33,7 +33,8 @@ def generate(
 ) -> Path:
     """Write preset ``preset`` of the world with ``seed`` under ``root`` in format ``fmt``
     ("nuscenes": ``root`` is the devkit's dataroot with ``v1.0-trainval/``; "kitti":
-    ``root/object`` and ``root/raw``). Same arguments, same bytes. Returns ``root``.
+    ``root/object`` and ``root/raw``; "waymo": ``root/{training,validation}/<component>/``).
+    Same arguments, same bytes. Returns ``root``.
 
     ``workers``: processes to render with (default: up to 2, one per core, for large jobs).
     """
@@ -46,10 +47,14 @@ def generate(
         from bevkd.datasets.synthetic.nuscenes_export import export_nuscenes
 
         export_nuscenes(root, spec, seed, workers, progress)
-    else:
+    elif fmt == "kitti":
         from bevkd.datasets.synthetic.kitti_export import export_kitti
 
         export_kitti(root, spec, seed, workers, progress)
+    else:
+        from bevkd.datasets.synthetic.waymo_export import export_waymo
+
+        export_waymo(root, spec, seed, workers, progress)
     return root
 
 

@@ -88,7 +88,18 @@ def _windows(parts: Parts, spec: LidarSpec, rows: int) -> dict[int, list[tuple[i
     return out
 
 
-def scan(
+@dataclass(frozen=True)
+class Returns:
+    """One sweep as (B, A) grids over (beam, azimuth step) of :meth:`LidarSpec.directions`:
+    ``keep`` where there is a return, its ``range`` (m, float64) and ``intensity`` (already
+    scaled by ``intensity_scale``); both are 0 where ``keep`` is False."""
+
+    keep: np.ndarray
+    range: np.ndarray
+    intensity: np.ndarray
+
+
+def scan_grid(
     spec: LidarSpec,
     lidar2ego: np.ndarray,
     parts: Parts,
@@ -96,19 +107,17 @@ def scan(
     ego2global: np.ndarray,
     ground_z: float,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """One sweep. ``parts`` in the ego frame (z up, ground at ``ground_z``); ``lidar2ego`` must
-    rotate about z only. Returns (N, 5) float32 points ``x, y, z, intensity, ring`` in the
-    sensor frame, in firing order."""
-    sensor_dirs, dirs, ground_t = _rays(spec, lidar2ego, ground_z)
+) -> Returns:
+    """One sweep as range-image grids. ``parts`` in the ego frame (z up, ground at
+    ``ground_z``); ``lidar2ego`` must rotate about z only. Randomness is drawn in firing order
+    (azimuth, then beam), so :func:`scan` gives the same points from the same ``rng``."""
+    _, dirs, ground_t = _rays(spec, lidar2ego, ground_z)
     origin = lidar2ego[:3, 3].copy()
     windows = _windows(parts.moved(invert_pose(lidar2ego)), spec, len(spec.elevations))
     hits = cast(origin, dirs, ground_t, parts, windows, silhouettes=False)
 
     t = hits.t.T.reshape(-1)  # firing order: azimuth-major
     part = hits.part.T.reshape(-1)
-    ring = np.broadcast_to(np.arange(len(spec.elevations))[:, None], hits.t.shape).T.reshape(-1)
-    d_sensor = sensor_dirs.transpose(1, 0, 2).reshape(-1, 3)
     d_ego = dirs.transpose(1, 0, 2).reshape(-1, 3)
 
     keep = np.isfinite(t) & (t <= spec.max_range) & (t >= spec.min_range)
@@ -134,16 +143,39 @@ def scan(
         p_drop = spec.dropout + 0.25 * np.exp(-strength / 0.02)
     keep &= rng.random(len(t)) >= p_drop
     kept = np.flatnonzero(keep)
-    ranges = t[kept] + rng.normal(0.0, spec.range_noise, len(kept))
-    intensity = np.clip(
+    ranges = np.zeros(len(t))
+    ranges[kept] = t[kept] + rng.normal(0.0, spec.range_noise, len(kept))
+    intensity = np.zeros(len(t))
+    intensity[kept] = np.clip(
         reflect[kept] * (0.25 + 0.75 * cosine[kept]) * rng.uniform(0.85, 1.15, len(kept)), 0, 1
     )
+    if spec.intensity_scale > 1:
+        intensity = np.round(intensity * spec.intensity_scale)
+    shape = hits.t.shape[::-1]  # (A, B) in firing order, transposed back to (B, A)
+    return Returns(keep.reshape(shape).T, ranges.reshape(shape).T, intensity.reshape(shape).T)
+
+
+def scan(
+    spec: LidarSpec,
+    lidar2ego: np.ndarray,
+    parts: Parts,
+    road: Road,
+    ego2global: np.ndarray,
+    ground_z: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One sweep (see :func:`scan_grid`). Returns (N, 5) float32 points ``x, y, z,
+    intensity, ring`` in the sensor frame, in firing order."""
+    returns = scan_grid(spec, lidar2ego, parts, road, ego2global, ground_z, rng)
+    sensor_dirs = _rays(spec, lidar2ego, ground_z)[0]
+    kept = np.flatnonzero(returns.keep.T.reshape(-1))
+    ring = np.broadcast_to(np.arange(len(spec.elevations))[:, None], returns.keep.shape)
     points = np.empty((len(kept), 5), dtype=np.float32)
-    points[:, :3] = ranges[:, None] * np.take(d_sensor, kept, axis=0)
-    points[:, 3] = (
-        np.round(intensity * spec.intensity_scale) if spec.intensity_scale > 1 else intensity
+    points[:, :3] = returns.range.T.reshape(-1)[kept, None] * np.take(
+        sensor_dirs.transpose(1, 0, 2).reshape(-1, 3), kept, axis=0
     )
-    points[:, 4] = ring[kept]
+    points[:, 3] = returns.intensity.T.reshape(-1)[kept]
+    points[:, 4] = ring.T.reshape(-1)[kept]
     return points
 
 
