@@ -232,8 +232,15 @@ def reach(store: Any, url: str | None = None) -> None:
     if isinstance(store, LocalStore):
         return
 
+    from bevkd.storage.retry import base_store
+
+    # One try, not the retry budget: a store that cannot be reached when a run starts is a
+    # wrong endpoint, bucket or credential far more often than a passing fault, and the user
+    # hears it now rather than after io.retry_deadline_s. Failures after this are retried.
+    under = base_store(store)
+
     async def probe() -> bool:
-        return bool(await store.exists("zarr.json"))
+        return bool(await under.exists("zarr.json"))
 
     try:
         run_sync(probe())
