@@ -16,7 +16,11 @@ from bevkd.pipeline.errors import DataError
 STAMP = ".bevkd-synthetic.json"
 GENERATOR_VERSION = 1  # bump when the world or the writers change what they write
 # Top-level entries each format writes (what overwrite removes).
-WRITTEN = {"nuscenes": ("v1.0-trainval", "samples", "sweeps", "maps"), "kitti": ("object", "raw")}
+WRITTEN = {
+    "nuscenes": ("v1.0-trainval", "samples", "sweeps", "maps"),
+    "kitti": ("object", "raw"),
+    "waymo": ("training", "validation"),  # {split}/{component}/{segment}.parquet
+}
 
 
 def run(
@@ -47,7 +51,7 @@ def run(
                 "choose an empty folder or pass --overwrite to replace what the generator writes there"
             )
         stamp.unlink(missing_ok=True)
-        for name in (*WRITTEN["nuscenes"], *WRITTEN["kitti"]):
+        for name in (name for names in WRITTEN.values() for name in names):
             if (root / name).is_dir():
                 shutil.rmtree(root / name)
     generate(root, preset=preset, seed=seed, fmt=fmt, progress=progress)

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bevkd.datasets.waymo import WAYMO_TO_BEVKD
 from bevkd.stages import waymo_iou
 from bevkd.stages.waymo_ap import curve_metrics
 
@@ -75,7 +76,8 @@ LEVEL_1, LEVEL_2 = 1, 2
 L2_MAX_POINTS = 5  # kDetectionLevel2NumPointsThreshold
 SCORE_CUTOFFS = (*(float(np.float32(i * 0.01)) for i in range(100)), 1.0)
 # bevkd's class names for the Waymo types (datasets/waymo.py maps them the other way)
-WAYMO_TYPE_OF_CLASS = {"car": 1, "pedestrian": 2, "bicycle": 4}
+# bevkd class -> Waymo type: the reader's own mapping, inverted (one table for both)
+WAYMO_TYPE_OF_CLASS = {name: type_id for type_id, name in WAYMO_TO_BEVKD.items()}
 
 
 def waymo_types(labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:

@@ -362,3 +362,14 @@ def test_a_frame_dataset_loads_waymo_frames(training: list[Frame]) -> None:
     assert len(sample.points) == len(waymo.load_points(training[1]))
     assert sample.gt_boxes.shape == (len(training[1].boxes), 9)
     assert (sample.depth > 0).any()
+
+
+def test_overwriting_a_waymo_export_with_another_format_clears_its_splits(tmp_path: Path) -> None:
+    from bevkd.stages.make_demo_data import run
+
+    root = tmp_path / "world"
+    run(root, preset="tiny", seed=0, fmt="waymo")
+    assert (root / "training").is_dir()
+    run(root, preset="tiny", seed=0, fmt="kitti", overwrite=True)
+    assert not (root / "training").exists() and not (root / "validation").exists()
+    assert (root / "object").is_dir()
