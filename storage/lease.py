@@ -21,6 +21,7 @@ there a collision is caught after the fact by the store's own record of who crea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -114,7 +115,8 @@ class Lease:
                 stacklevel=2,
             )
             await self._put()
-        await self._confirm()
+        if (other := await self._read_back()) is not None:
+            raise LeaseHeld(self._held_message(other) + " (it took the lease at the same moment)")
 
     async def _take_over_if_stale(self) -> None:
         found = await self._read()
@@ -135,12 +137,14 @@ class Lease:
             stacklevel=2,
         )
 
-    async def _confirm(self) -> None:
+    async def _read_back(self) -> dict[str, Any] | None:
+        """None if the stored lease is this run's (its ETag is kept for the next renewal);
+        otherwise the record of whoever holds it now."""
         found = await self._read()
-        if found is None or found[0].get("id") != self.id:
-            other = found[0] if found else {"holder": "a run that released it at once"}
-            raise LeaseHeld(self._held_message(other) + " (it took the lease at the same moment)")
-        self.etag = found[1]
+        if found is not None and found[0].get("id") == self.id:
+            self.etag = found[1]
+            return None
+        return found[0] if found else {"holder": "nobody (the lease is gone)"}
 
     def _held_message(self, record: dict[str, Any]) -> str:
         since = record.get("since")
@@ -157,37 +161,23 @@ class Lease:
         while not self._stop.wait(self.ttl_s / 4):
             try:
                 run_sync(self._renew())
-            except Exception as exc:  # a failed renewal is retried at the next beat
-                if isinstance(exc, LeaseHeld):
-                    self.lost = str(exc)
-                    return
+            except LeaseHeld as exc:
+                self.lost = str(exc)
+                return
+            except Exception:  # the store could not be reached: renewed at the next beat
+                continue
 
     async def _renew(self) -> None:
-        if not (self.conditional and self.if_match):
-            await self._put()
-            await self._confirm_still_mine()
-            return
-        try:
-            await self._put(IfMatch=self.etag)
-        except (FileExistsError, OSError) as exc:
-            found = await self._read()
-            if found is None or found[0].get("id") != self.id:
-                holder = found[0].get("holder") if found else "nobody"
-                raise LeaseHeld(
-                    f"store {self.url}: this run lost its writer lease to {holder}"
-                ) from exc
-            self.etag = found[1]  # our own renewal went through, its reply was lost
-            return
-        await self._confirm_still_mine()
-
-    async def _confirm_still_mine(self) -> None:
-        found = await self._read()
-        if found is not None and found[0].get("id") != self.id:
+        """Put the lease again (on S3 only if its ETag is still ours) and read it back: the
+        read decides, so a renewal whose reply was lost is still this run's."""
+        # Refused (another run took it) or its reply lost: the read-back tells which.
+        with contextlib.suppress(FileExistsError, OSError):
+            conditional = self.conditional and self.if_match
+            await (self._put(IfMatch=self.etag) if conditional else self._put())
+        if (other := await self._read_back()) is not None:
             raise LeaseHeld(
-                f"store {self.url}: this run lost its writer lease to {found[0].get('holder')}"
+                f"store {self.url}: this run lost its writer lease to {other.get('holder')}"
             )
-        if found is not None:
-            self.etag = found[1]
 
     def release(self) -> None:
         self._stop.set()
