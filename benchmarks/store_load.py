@@ -33,12 +33,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -109,41 +106,6 @@ def ensure_store(path: Path, codec: str, size: dict, frames: int) -> str:
 def warm_page_cache(path: str) -> int:
     """Read every file of a local store once; return the bytes read."""
     return sum(len(p.read_bytes()) for p in Path(path).rglob("*") if p.is_file())
-
-
-@contextmanager
-def moto_server() -> Iterator[dict[str, str]]:
-    """``moto_server`` on a free loopback port with the bucket ``BUCKET``; yields the fsspec
-    ``storage_options`` for it, and stops it on exit."""
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on port {port}") from None
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
-                     aws_secret_access_key="test", region_name="us-east-1",
-                     ).create_bucket(Bucket=BUCKET)  # fmt: skip
-        yield {"endpoint_url": endpoint, "key": "test", "secret": "test"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --- the readers (run in spawned processes and their DataLoader workers) -------------------
@@ -258,13 +220,13 @@ def measure(this: Any, configs: list[dict[str, Any]], local: dict[str, str],
             seconds: float, seed: int) -> list[dict[str, Any]]:  # fmt: skip
     """Every configuration against its source; one summarized row each."""
     from bevkd.storage.copy import copy_store
-    from bevkd.storage.faults import FaultPlan, FaultProxy
+    from bevkd.storage.faults import FaultPlan, FaultProxy, moto_s3
 
     rows: list[dict[str, Any]] = []
     for path in local.values():
         warm_page_cache(path)
     remote = any(c["source"] != "local" for c in configs)
-    with moto_server() if remote else nullcontext({}) as s3:
+    with moto_s3(BUCKET) if remote else nullcontext({}) as s3:
         s3_urls = {}
         for codec, path in local.items():
             if remote:
