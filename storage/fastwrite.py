@@ -121,21 +121,16 @@ def confirm_objects(store: Any, objects: list[tuple[str, bytes]]) -> None:
 
     from zarr.core.buffer import default_buffer_prototype
 
-    from bevkd.storage.retry import RetryingStore, base_store, call_with_retries, default_policy
+    from bevkd.storage.retry import base_store, retrying
     from bevkd.storage.schema import StoreError
 
-    policy = store.policy if isinstance(store, RetryingStore) else default_policy()
-    under = base_store(store)
+    wrapper, under = retrying(store), base_store(store)
     if not hasattr(under, "fs"):  # not an fsspec store: nothing to ask
         return
     fs, root = under.fs, under.path.rstrip("/")
 
     async def matches(key: str, data: bytes) -> bool:
-        import random
-
-        info = await call_with_retries(
-            "HEAD", f"{root}/{key}", lambda: fs._info(f"{root}/{key}"), policy, random.Random()
-        )
+        info = await wrapper.retried("HEAD", key, lambda: fs._info(f"{root}/{key}"))
         etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
         plain_md5 = len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
         return int(info.get("size", -1)) == len(data) and (

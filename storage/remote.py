@@ -97,10 +97,9 @@ def object_sizes(store: Any) -> dict[str, int]:
 
     from zarr.storage import FsspecStore, LocalStore
 
-    from bevkd.storage.retry import RetryingStore, base_store, call_with_retries, default_policy
+    from bevkd.storage.retry import base_store, retrying
 
-    policy = store.policy if isinstance(store, RetryingStore) else default_policy()
-    store = base_store(store)
+    wrapper, store = retrying(store), base_store(store)
     if isinstance(store, LocalStore):
         root = str(store.root)
         out = {}
@@ -114,9 +113,7 @@ def object_sizes(store: Any) -> dict[str, int]:
         async def find() -> dict[str, Any]:
             return await store.fs._find(root, detail=True, withdirs=False)
 
-        import random
-
-        found = run_sync(call_with_retries("LIST", root + "/", find, policy, random.Random()))
+        found = run_sync(wrapper.retried("LIST", "", find))
         out = {path[len(root) + 1 :]: int(info["size"]) for path, info in found.items()}
     else:  # any other zarr store: list, then ask each size
         keys = list_keys(store)

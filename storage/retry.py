@@ -20,7 +20,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -175,14 +175,19 @@ class RetryingStore(WrapperStore[Any]):
     def with_read_only(self, read_only: bool = False) -> RetryingStore:
         return RetryingStore(self._store.with_read_only(read_only), self.policy, self.url)
 
-    def _retry(self, what: str, key: str, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    def retried(
+        self, what: str, key: str, call: Callable[[], Awaitable[T]]
+    ) -> Coroutine[Any, Any, T]:
+        """``await call()`` under this store's policy; ``what`` and ``key`` (relative to the
+        store) name the request in the error. For requests zarr's Store API has no method for
+        (a listing with sizes, a HEAD of an object's metadata)."""
         where = f"{self.url.rstrip('/')}/{key}" if self.url else key
         return call_with_retries(what, where, call, self.policy, self._rng)
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        return await self._retry("GET", key, lambda: self._store.get(key, prototype, byte_range))
+        return await self.retried("GET", key, lambda: self._store.get(key, prototype, byte_range))
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
@@ -192,30 +197,30 @@ class RetryingStore(WrapperStore[Any]):
         )
 
     async def exists(self, key: str) -> bool:
-        return await self._retry("HEAD", key, lambda: self._store.exists(key))
+        return await self.retried("HEAD", key, lambda: self._store.exists(key))
 
     async def set(self, key: str, value: Buffer) -> None:
         # A PUT is idempotent: repeating one whose reply was lost writes the same bytes again.
-        await self._retry("PUT", key, lambda: self._store.set(key, value))
+        await self.retried("PUT", key, lambda: self._store.set(key, value))
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        await self._retry("PUT", key, lambda: self._store.set_if_not_exists(key, value))
+        await self.retried("PUT", key, lambda: self._store.set_if_not_exists(key, value))
 
     async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
         await asyncio.gather(*(self.set(key, value) for key, value in values))
 
     async def delete(self, key: str) -> None:
-        await self._retry("DELETE", key, lambda: self._store.delete(key))
+        await self.retried("DELETE", key, lambda: self._store.delete(key))
 
     async def delete_dir(self, prefix: str) -> None:
-        await self._retry("DELETE", prefix + "/", lambda: self._store.delete_dir(prefix))
+        await self.retried("DELETE", prefix + "/", lambda: self._store.delete_dir(prefix))
 
     async def _listed(self, prefix: str, listing: Callable[[], AsyncIterator[str]]) -> list[str]:
         async def collect() -> list[str]:
             return [key async for key in listing()]
 
         # A listing that fails halfway is redone whole: its pages are not resumable here.
-        return await self._retry("LIST", prefix or "/", collect)
+        return await self.retried("LIST", prefix or "/", collect)
 
     async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
         for key in await self._listed("", self._store.list):
@@ -230,7 +235,12 @@ class RetryingStore(WrapperStore[Any]):
             yield key
 
     async def is_empty(self, prefix: str) -> bool:
-        return await self._retry("LIST", prefix or "/", lambda: self._store.is_empty(prefix))
+        return await self.retried("LIST", prefix or "/", lambda: self._store.is_empty(prefix))
+
+
+def retrying(store: Any) -> RetryingStore:
+    """``store`` itself if it already retries, else ``store`` wrapped under the process policy."""
+    return store if isinstance(store, RetryingStore) else RetryingStore(store)
 
 
 def base_store(store: Any) -> Any:
