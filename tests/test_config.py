@@ -153,37 +153,33 @@ def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_a_record_made_before_a_key_was_added_still_matches() -> None:
+def _sha_without(data: dict, keys: tuple[str, ...]) -> str:
+    """sha256 of a resolved config with ``keys`` (dotted) taken out, computed here on its own:
+    what code from before those keys existed recorded."""
     import hashlib
     import json
 
-    from bevkd.pipeline.config import ADDED_KEYS, config_sha256, config_sha256_variants, to_dict
-
-    cfg = load_config(None, ["train.epochs=3"])
-    before = to_dict(cfg)  # the config as the code before ADDED_KEYS resolved it
-    for key in ADDED_KEYS:
+    for key in keys:
         *parents, last = key.split(".")
-        node = before
+        node = data
         for part in parents:
             node = node[part]
         del node[last]
-    old = hashlib.sha256(
-        json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
+
+
+def test_a_record_made_before_a_key_was_added_still_matches() -> None:
+    from bevkd.pipeline.config import ADDED_KEYS, config_sha256, config_sha256_variants, to_dict
+
+    cfg = load_config(None, ["train.epochs=3"])
+    old = _sha_without(to_dict(cfg), ADDED_KEYS)  # the config as code before ADDED_KEYS hashed it
     variants = config_sha256_variants(cfg)
     assert config_sha256(cfg) in variants and old in variants
     # a config that sets an added key away from its default is not what an older record meant
     moved = load_config(None, ["train.epochs=3", "centerpoint.max_voxels=5"])
     assert old not in config_sha256_variants(moved)
     # ... but a record made after centerpoint existed and before the keys added since still is
-    later = to_dict(moved)
-    for key in ADDED_KEYS[ADDED_KEYS.index("centerpoint") + 1 :]:
-        *parents, last = key.split(".")
-        node = later
-        for part in parents:
-            node = node[part]
-        del node[last]
-    between = hashlib.sha256(
-        json.dumps(later, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    between = _sha_without(to_dict(moved), ADDED_KEYS[ADDED_KEYS.index("centerpoint") + 1 :])
     assert config_sha256_variants(moved) == {config_sha256(moved), between}

@@ -345,6 +345,13 @@ def test_a_shard_is_marked_only_after_its_objects_are_confirmed(
     url = _url()
     writer = write_store(url, small_contract(), n_frames=4, shard_size=2,
                          storage_options=s3_server, finalize=False)  # fmt: skip
+    real_confirm, confirmed = fastwrite.confirm_objects, []
+
+    def counted_confirm(store: Any, objects: list[tuple[str, bytes]]) -> None:
+        confirmed.append([key for key, _ in objects])
+        real_confirm(store, objects)
+
+    monkeypatch.setattr(fastwrite, "confirm_objects", counted_confirm)
     real_set = RetryingStore.set
     puts: list[str] = []
 
@@ -365,7 +372,7 @@ def test_a_shard_is_marked_only_after_its_objects_are_confirmed(
     assert not fresh.is_written(1)
     heatmap_puts = [k for k in puts if k.startswith("fields/heatmap/")]
     assert len(heatmap_puts) == 2 * len(set(heatmap_puts))  # put, checked, put again, refused
-    assert fastwrite.confirm_objects  # the check that refused it
+    assert set(heatmap_puts) <= {k for keys in confirmed for k in keys}  # the check that refused it
 
 
 # -- one writer per store --------------------------------------------------------------------
