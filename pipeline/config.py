@@ -149,12 +149,33 @@ def _check_ranges(section: Any, prefix: str = "") -> None:
                     )
 
 
+def section(name: str) -> typing.Callable[[type[T]], type[T]]:
+    """A config section named ``name`` checks its numbers against their declared ranges
+    whenever it is built (after its own checks): by a Config, by ``dataclasses.replace``, or
+    alone, as the label budget builds a DataConfig. Goes under ``@dataclass``, which then
+    finds the ``__post_init__`` to call."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        own = cls.__dict__.get("__post_init__")
+
+        def post_init(self: Any) -> None:
+            if own is not None:
+                own(self)
+            _check_ranges(self, f"{name}.")
+
+        cls.__post_init__ = post_init  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
 # --------------------------------------------------------------------------------------------
 # Sections. Defaults are the embedded synthetic demo; configs/ hold the deltas for other runs.
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+@section("data")
 class DataConfig:
     """Where frames come from and how they are turned into samples."""
 
@@ -201,10 +222,6 @@ class DataConfig:
     labeled_tokens: str = ""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.labeled_fraction <= 1.0:
-            raise ConfigError(
-                f"data.labeled_fraction must be in (0, 1], got {self.labeled_fraction}"
-            )
         if self.labeled_tokens and self.labeled_fraction < 1.0:
             raise ConfigError(
                 "data.labeled_tokens and data.labeled_fraction both set a label budget: keep one"
@@ -213,14 +230,10 @@ class DataConfig:
         _choice("data.bev_flip", self.bev_flip, ("", "x", "y", "xy", "yx"))
         if not self.cameras:
             raise ConfigError("data.cameras: name at least one camera")
-        if min(self.image_size) <= 0 or self.lidar_sweeps < 1 or self.depth_stride < 1:
-            raise ConfigError(
-                f"data.image_size {list(self.image_size)}, data.lidar_sweeps {self.lidar_sweeps} "
-                f"and data.depth_stride {self.depth_stride} must be positive"
-            )
 
 
 @dataclass(frozen=True)
+@section("grid")
 class GridConfig:
     """Voxel grid of the LiDAR teacher and the BEV grid every stage shares."""
 
@@ -255,6 +268,7 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
+@section("model")
 class ModelConfig:
     """Network sizes. One section serves every teacher and student kind; each uses its part."""
 
@@ -320,6 +334,7 @@ def _sparse_layers(
 
 
 @dataclass(frozen=True)
+@section("centerpoint")
 class CenterPointConfig:
     """An imported CenterPoint (``model.kind: centerpoint``): the architecture and test-time
     post-processing of an mmdet3d 1.x or OpenPCDet CenterPoint, as ``bevkd teacher import``
@@ -407,6 +422,7 @@ class CenterPointConfig:
 
 
 @dataclass(frozen=True)
+@section("head")
 class HeadConfig:
     """CenterPoint head targets and decoding."""
 
@@ -430,6 +446,7 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+@section("train")
 class TrainConfig:
     """One training run: optimiser, schedule, checkpoints."""
 
@@ -465,6 +482,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+@section("io")
 class IOConfig:
     """How requests to an object store (S3, GCS) retry transient failures: 500, 503 SlowDown,
     reset connections, cut or damaged bodies (bevkd.storage.retry). Local stores never retry."""
@@ -476,6 +494,7 @@ class IOConfig:
 
 
 @dataclass(frozen=True)
+@section("store")
 class StoreConfig:
     """Where and how stage one writes the teacher store."""
 
@@ -486,6 +505,7 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+@section("cache")
 class CacheConfig:
     """Stage one: which teachers run over which frames."""
 
@@ -547,6 +567,7 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+@section("student")
 class StudentConfig:
     """Stage two: which store a camera student reads, which frames, which recipe."""
 
@@ -580,6 +601,7 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+@section("distill")
 class DistillConfig:
     """Weights and options of the distillation terms.
 
@@ -670,10 +692,6 @@ class DistillConfig:
     def __post_init__(self) -> None:
         _choice("distill.pseudo_boxes", self.pseudo_boxes, ("boxes", "fusion_boxes"))
         _choice("distill.cmd_field", self.cmd_field, ("fusion_lidar_bev", "lidar_bev"))
-        if not 0.0 <= self.mgd_mask_ratio < 1.0:
-            raise ConfigError(
-                f"distill.mgd_mask_ratio must be in [0, 1), got {self.mgd_mask_ratio}"
-            )
         _choice("distill.mode", self.mode, ("gt+kd", "kd"))
         _choice("distill.bev_mask", self.bev_mask, ("none", "teacher", "gt"))
         _choice("distill.regression_normaliser", self.regression_normaliser, ("cells", "masked"))
@@ -688,6 +706,7 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+@section("eval")
 class EvalConfig:
     eval_set: str = "val"
     render_curves: bool = False
@@ -723,11 +742,6 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     classes: tuple[str, ...] = NUSCENES_CLASSES
-
-    def __post_init__(self) -> None:
-        # Once for the whole tree, where every key's dotted name is known; defaults, YAML, --set,
-        # recorded configs and dataclasses.replace all build a Config. Sections' own checks ran.
-        _check_ranges(self)
 
 
 # --------------------------------------------------------------------------------------------
