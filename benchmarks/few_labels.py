@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import reporting
+from reporting import claim_pairs, frames_cell, markdown_table, write_block
+
 from bevkd.stages.demo_students import Arm
 from bevkd.stages.run_ledger import dagger, footnote
 
@@ -212,9 +215,7 @@ def logged(runs: list[dict], key: str) -> str:
     """The steps (or labelled + unlabelled frames) the seeds' logs recorded: one value, or the
     range; "?" for a run without a record."""
     if key == "frames":
-        seen = {f"{m['frames']['labelled']} + {m['frames']['unlabelled']}" if m.get("frames")
-                else "?" for m in runs}  # fmt: skip
-        return ", ".join(sorted(seen))
+        return ", ".join(sorted({frames_cell(m.get("frames"), missing="?") for m in runs}))
     steps = [m.get("steps") for m in runs]
     if None in steps or not steps:
         return "?"
@@ -226,9 +227,8 @@ def car(m: dict[str, Any]) -> float:
 
 
 def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    """Mean ± std over the seeds; one seed's value says it is one."""
+    return reporting.mean_std(values, one=" (1 seed)")
 
 
 def by_arm(metrics: dict[tuple[str, int], dict]) -> dict[str, list[dict]]:
@@ -245,11 +245,7 @@ def arm_table(runs: dict[str, list[dict]], teacher: str) -> list[str]:
     low = [car(m) for m in runs.get("baseline 25%", [])]
     high = [car(m) for m in runs.get("baseline 100%", [])]
     gap = statistics.mean(high) - statistics.mean(low) if low and high else None
-    lines = [
-        "| arm | teacher trained on | seeds | car AP | car AP per seed | mAP | NDS | gap closed "
-        "| steps | frames (labelled + unlabelled) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name, arm in ARMS.items():
         if arm.teacher not in ("none", teacher) or not runs.get(name):
             continue
@@ -259,14 +255,16 @@ def arm_table(runs: dict[str, list[dict]], teacher: str) -> list[str]:
             if gap and arm.teacher != "none"
             else ""
         )
-        marks = dagger(runs[name])
-        lines.append(
-            f"| {name}{marks} | {TEACHER_SAW[arm.teacher]} | {len(cars)} | {mean_std(cars)} | "
-            f"{', '.join(f'{c:.3f}' for c in cars)} | {mean_std([m['mAP'] for m in runs[name]])} | "
-            f"{mean_std([m['NDS'] for m in runs[name]])} | {closed} | "
-            f"{logged(runs[name], 'steps')} | {logged(runs[name], 'frames')} |"
-        )
-    return lines
+        rows.append([
+            f"{name}{dagger(runs[name])}", TEACHER_SAW[arm.teacher], len(cars), mean_std(cars),
+            ", ".join(f"{c:.3f}" for c in cars), mean_std([m["mAP"] for m in runs[name]]),
+            mean_std([m["NDS"] for m in runs[name]]), closed, logged(runs[name], "steps"),
+            logged(runs[name], "frames"),
+        ])  # fmt: skip
+    return markdown_table(
+        ["arm", "teacher trained on", "seeds", "car AP", "car AP per seed", "mAP", "NDS",
+         "gap closed", "steps", "frames (labelled + unlabelled)"], rows,
+    )  # fmt: skip
 
 
 def verdict_lines(runs: dict[str, list[dict]]) -> list[str]:
@@ -279,12 +277,9 @@ def judged_claims(runs: dict[str, list[dict]]) -> tuple[list[str], dict]:
     t-test with a Holm correction over the whole block (:func:`verdicts.verdict_table`)."""
     from bevkd.stages import verdicts
 
-    pairs = {
-        (claim, column): ([pick(m) for m in runs[a]], [pick(m) for m in runs[b]])
-        for claim, a, b in CLAIMS
-        if runs.get(a) and runs.get(b)
-        for column, pick in (("car AP", car), ("mAP", lambda m: float(m["mAP"])))
-    }
+    pairs = claim_pairs(CLAIMS, runs, {
+        "car AP": lambda ms: [car(m) for m in ms], "mAP": lambda ms: [float(m["mAP"]) for m in ms],
+    })  # fmt: skip
     if not pairs:
         return [], {}
     table, judged = verdicts.verdict_table(pairs, ["car AP", "mAP"])
@@ -296,8 +291,12 @@ def readme_block(runs: dict[str, list[dict]]) -> str:
     from bevkd.stages import verdicts
 
     rows = [
-        f"| {name}{dagger(runs[name])} | {TEACHER_SAW[arm.teacher]} | {len(runs[name])} | "
-        f"{mean_std([car(m) for m in runs[name]])} |"
+        [
+            f"{name}{dagger(runs[name])}",
+            TEACHER_SAW[arm.teacher],
+            len(runs[name]),
+            mean_std([car(m) for m in runs[name]]),
+        ]
         for name, arm in ARMS.items()
         if arm.teacher in ("none", "honest") and runs.get(name)
     ]
@@ -308,9 +307,7 @@ def readme_block(runs: dict[str, list[dict]]) -> str:
         f"{LABELLED} of {LABELLED + HIDDEN} labelled frames keep their GT; the teachers "
         f"trained on those {LABELLED} only. Car AP on val, mean ± std over seeds:",
         "",
-        "| arm | teacher trained on | seeds | car AP |",
-        "|---|---|---|---|",
-        *rows,
+        *markdown_table(["arm", "teacher trained on", "seeds", "car AP"], rows),
         "",
         "Welch's t-test, Holm over the block's comparisons (α = 0.05):",
         "",
@@ -378,9 +375,8 @@ def pseudo_label_quality(thresholds: list[float]) -> list[str]:
         f"{HIDDEN} hidden train frames alone (`--set eval.eval_set=train "
         "eval.sample_tokens=<their list>`):",
         "",
-        "| teacher trained on | frames (scored) | score threshold | boxes | mAP | car AP |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for teacher, url in (("honest", HONEST_STORE), ("oracle", ORACLE_STORE)):
         store = open_store(url)
         for where, sets_ in (("val", ["eval.eval_set=val"]),
@@ -389,26 +385,11 @@ def pseudo_label_quality(thresholds: list[float]) -> list[str]:
             cfg = store_config(store, None, sets_)
             out = HERE / "pseudo_quality" / f"{teacher}_{where.split()[0]}"
             for t, r in sweep(cfg, store, "boxes", thresholds, out).items():
-                lines.append(
-                    f"| {TEACHER_SAW[teacher]} | {where} ({r['num_samples']}) | {t:g} | "
-                    f"{r['store']['num_boxes']} | {r['mAP']:.3f} | {r['class_ap']['car']:.3f} |"
-                )
-    return lines
-
-
-def write_block(path: Path, name: str, text: str, marks: tuple[str, str] = ("start", "end"),
-                title: str = "# bevkd results (generated blocks)") -> None:  # fmt: skip
-    """Put ``text`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``
-    (appended if absent), so several generators can share one results page. ``marks``: other
-    marker words (``("begin", "end")``); ``title``: the first line of a page made here."""
-    start, end = f"<!-- {name}:{marks[0]} -->", f"<!-- {name}:{marks[1]} -->"
-    old = path.read_text() if path.is_file() else f"{title}\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1 :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)
+                rows.append([TEACHER_SAW[teacher], f"{where} ({r['num_samples']})", f"{t:g}",
+                             r["store"]["num_boxes"], f"{r['mAP']:.3f}",
+                             f"{r['class_ap']['car']:.3f}"])  # fmt: skip
+    header = ["teacher trained on", "frames (scored)", "score threshold", "boxes", "mAP", "car AP"]
+    return lines + markdown_table(header, rows)
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ detections (IoU 0.5), when they are on disk.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_labels import write_block
+from reporting import claim_pairs, frames_cell, markdown_table, mean_std, run_counts, write_block
 
-from bevkd.stages import run_ledger
 from bevkd.stages.demo_students import Arm, arm_metrics, train_arm
 from bevkd.stages.run_ledger import dagger, footnote
 from bevkd.stages.verdicts import verdict_table
@@ -65,6 +64,8 @@ ARMS: dict[str, list[tuple[str, list[str]]]] = {
     "CMKD gt+kd, train + Eigen-clean": [("configs/kitti/student_cmkd_gt_kd.yaml", EIGEN)],
 }
 LEVELS = ("easy", "moderate", "hard")
+# the Car AP|R40 columns of a table, in LEVELS order
+COLUMNS = [f"{kind} {level.capitalize()}" for kind in ("3D", "BEV") for level in LEVELS]
 BASELINE = "baseline (GT), train"
 # (claim, arm, against): each judged as arm - against on Car 3D and BEV Moderate
 CLAIMS = [
@@ -129,12 +130,9 @@ def build_store() -> None:
 
 
 def cell(values: list[float | None], mark: str = "") -> str:
+    """Mean ± std at 2 decimals of the values there are; "-" when none."""
     got = [v for v in values if v is not None]
-    if not got:
-        return "-"
-    if len(got) == 1:
-        return f"{got[0]:.2f}{mark}"
-    return f"{statistics.mean(got):.2f}{mark} ± {statistics.stdev(got):.2f}"
+    return mean_std(got, digits=2, mark=mark) if got else "-"
 
 
 def runs_of(results: dict[tuple[str, int], dict[str, Any]], arm: str, seeds: list[int]) -> list[dict[str, Any]]:  # fmt: skip
@@ -144,10 +142,7 @@ def runs_of(results: dict[tuple[str, int], dict[str, Any]], arm: str, seeds: lis
 def table(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> list[str]:
     """Car AP|R40 per arm (mean ± std over its seeds, † where other code made a seed's run),
     then the verdicts of :data:`CLAIMS` (:func:`verdicts`)."""
-    lines = [
-        "| arm | seeds | 3D Easy | 3D Moderate | 3D Hard | BEV Easy | BEV Moderate | BEV Hard | 3D Moderate per seed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for arm in ARMS:
         runs = runs_of(results, arm, seeds)
         if not runs:
@@ -156,8 +151,9 @@ def table(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> l
         cols = [cell([c[m][lv] for c in car], dagger(runs)) for m in ("3d", "bev") for lv in LEVELS]
         per_seed = ", ".join("-" if c["3d"]["moderate"] is None else f"{c['3d']['moderate']:.2f}{dagger([r])}"
                              for c, r in zip(car, runs, strict=True))  # fmt: skip
-        lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cols) + f" | {per_seed} |")
-    return [*lines, *verdicts(results, seeds)]
+        rows.append([arm, len(runs), *cols, per_seed])
+    header = ["arm", "seeds", *COLUMNS, "3D Moderate per seed"]
+    return [*markdown_table(header, rows), *verdicts(results, seeds)]
 
 
 def moderate(runs: list[dict[str, Any]], kind: str) -> list[float]:
@@ -168,13 +164,9 @@ def moderate(runs: list[dict[str, Any]], kind: str) -> list[float]:
 
 def verdicts(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> list[str]:
     """The verdict table of every claim whose two arms ran, one Holm family."""
-    pairs = {}
-    for claim, arm, against in CLAIMS:
-        a, b = runs_of(results, arm, seeds), runs_of(results, against, seeds)
-        if a and b:
-            for label, kind in JUDGED:
-                if (x := moderate(a, kind)) and (y := moderate(b, kind)):
-                    pairs[(claim, label)] = (x, y)
+    runs = {arm: runs_of(results, arm, seeds) for arm in ARMS}
+    pick = {label: functools.partial(moderate, kind=kind) for label, kind in JUDGED}
+    pairs = claim_pairs(CLAIMS, runs, pick)
     if not pairs:
         return []
     lines, _ = verdict_table(pairs, [label for label, _ in JUDGED], digits=2)
@@ -214,28 +206,19 @@ def teacher_lines(teacher: dict[str, dict[str, Any]] | None, folder: Path = TEAC
         f"The LiDAR teacher's own Car AP|R40 on the same val frames (its final evaluation, "
         f"{where}; IoU 0.5 from its saved detections):",
         "",
-        "| model | IoU | 3D Easy | 3D Moderate | 3D Hard | BEV Easy | BEV Moderate | BEV Hard |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for iou in ("0.7", "0.5"):
         if iou in teacher:
             car = teacher[iou]["ap"]["Car"]
-            cols = [cell([car[m][lv]]) for m in ("3d", "bev") for lv in LEVELS]
-            lines.append(f"| LiDAR teacher | {iou} | " + " | ".join(cols) + " |")
-    return lines
+            rows.append(["LiDAR teacher", iou, *(cell([car[m][lv]]) for m in ("3d", "bev") for lv in LEVELS)])  # fmt: skip
+    return lines + markdown_table(["model", "IoU", *COLUMNS], rows)
 
 
 def log_counts(arm: str, seed: int) -> list[dict[str, Any]]:
     """Each phase's optimizer steps and training frames as its own logs say: the run record
     (run.json, or the ledger for a run no longer on disk), else the run folder's logs now."""
-    out = []
-    for phase, _ in phases(arm, seed):
-        found = run_ledger.find(OUT / phase.folder)
-        entry = found[0] if found is not None else {}
-        if entry.get("steps") is None and entry.get("frames") is None:
-            entry = run_ledger.from_log(OUT / phase.folder)
-        out.append({"steps": entry.get("steps"), "frames": entry.get("frames")})
-    return out
+    return [run_counts(OUT / phase.folder) for phase, _ in phases(arm, seed)]
 
 
 def training_lines(counts: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -246,19 +229,14 @@ def training_lines(counts: dict[str, list[dict[str, Any]]]) -> list[str]:
         if all(c["steps"] is None and c["frames"] is None for c in got):
             continue
         steps = " + ".join("-" if c["steps"] is None else str(c["steps"]) for c in got)
-        frames = " / ".join(
-            "-" if not c["frames"] else f"{c['frames']['labelled']} + {c['frames']['unlabelled']}"
-            for c in got
-        )
-        rows.append(f"| {arm} | {steps} | {frames} |")
+        frames = " / ".join(frames_cell(c["frames"]) for c in got)
+        rows.append([arm, steps, frames])
     if not rows:
         return []
     return [
         "Training, from the runs' own logs (`train_log.jsonl`, `train.out`; phases in order):",
         "",
-        "| arm | optimizer steps | frames, labelled + unlabelled |",
-        "|---|---|---|",
-        *rows,
+        *markdown_table(["arm", "optimizer steps", "frames, labelled + unlabelled"], rows),
         "",
     ]
 

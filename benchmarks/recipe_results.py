@@ -24,30 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bevkd.stages import run_ledger
 from bevkd.stages.demo_students import Arm, train_students
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf_report import table, write_performance
+from reporting import frames_cell
+from reporting import run_counts as log_counts
 
 RECIPES = ("baseline", "cmkd", "labeldistill", "simdistill", "focal")
 OUT = Path("work/demo")
-
-
-def log_counts(folder: Path) -> dict[str, Any]:
-    """An arm's optimizer steps and frames as its own logs say: the run record (run.json, or
-    the ledger for a run no longer on disk), else read from the run folder's logs now."""
-    found = run_ledger.find(folder)
-    entry = found[0] if found is not None else {}
-    if entry.get("steps") is None and entry.get("frames") is None:
-        entry = run_ledger.from_log(folder)
-    return {"steps": entry.get("steps"), "frames": entry.get("frames")}
-
-
-def frames_cell(frames: dict[str, int] | None) -> str:
-    if not frames:
-        return "-"
-    return f"{frames['labelled']} + {frames['unlabelled']}"
 
 
 def report(rows: dict[str, dict[str, Any]], counts: dict[str, dict[str, Any]], seed: int,

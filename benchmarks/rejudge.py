@@ -19,7 +19,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from few_labels import write_block
+from reporting import write_block
 from scipy import stats
 
 from bevkd.stages import verdicts

@@ -21,6 +21,16 @@ def recipes() -> Iterator[Any]:
     yield from benchmark_module("recipes")
 
 
+@pytest.fixture(scope="module")
+def report() -> Iterator[Any]:
+    yield from benchmark_module("recipes_report")
+
+
+@pytest.fixture(scope="module")
+def figures() -> Iterator[Any]:
+    yield from benchmark_module("recipe_figures")
+
+
 def _runs(car: list[float], m_ap: list[float] | None = None) -> list[dict[str, Any]]:
     m_ap = m_ap or [c / 10 for c in car]
     return [{"mAP": m, "NDS": m, "class_ap": {"car": c}} for c, m in zip(car, m_ap, strict=True)]
@@ -67,8 +77,8 @@ def _directions_world() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def test_directions_are_welch_with_holm_over_the_table(recipes: Any) -> None:
-    lines = "\n".join(recipes.directions(_directions_world()))
+def test_directions_are_welch_with_holm_over_the_table(report: Any) -> None:
+    lines = "\n".join(report.directions(_directions_world()))
     # cmkd - baseline: equal spreads and n, so t = 0.1 / sqrt(2 x 0.00025 / 5) = 10 and df = 8
     t, df, p = welch_by_hand(CMKD, BASE)
     assert t == pytest.approx(10) and df == pytest.approx(8) and 10 * p < 0.001
@@ -97,18 +107,18 @@ def test_directions_are_welch_with_holm_over_the_table(recipes: Any) -> None:
     assert "simdistill" not in lines and "labeldistill" not in lines
 
 
-def test_a_direction_with_one_seed_is_untested_not_judged(recipes: Any) -> None:
+def test_a_direction_with_one_seed_is_untested_not_judged(report: Any) -> None:
     by_arm = {"baseline": _runs(BASE), "cmkd": _runs([0.3]), "cmkd online": _runs(ONLINE)}
-    lines = "\n".join(recipes.directions(by_arm))
+    lines = "\n".join(report.directions(by_arm))
     assert "| cmkd beats the baseline | untested at n = 1/5: fewer than 2 values in an arm" in lines
     assert "**Not tested: cmkd beats the baseline** (fewer than 2 seeds in an arm)." in lines
     assert "Holm over the 0 comparisons of this table, α = 0.05 (4 untested" in lines
 
 
-def test_recipe_table_marks_results_other_code_made(recipes: Any) -> None:
+def test_recipe_table_marks_results_other_code_made(report: Any) -> None:
     by_arm = _directions_world()
     by_arm["cmkd"][1] = {**by_arm["cmkd"][1], "reused": {"commit": "0123456789abc", "dirty": False}}
-    text = recipes.recipe_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
+    text = report.recipe_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
     assert "(of seeds 0, 1, 2, 3, 4 for baseline, cmkd (the arms the headline rests on), 0, 1, 2 for the rest)" in text  # fmt: skip
     # mean ± sample std: car 0.300 ± sqrt(0.00025) = 0.016, mAP a tenth of it
     assert ("| cmkd | 5 | 0.030† ± 0.002 | 0.030† ± 0.002 | 0.300† ± 0.016 | +0.010 | +0.100 | "
@@ -118,7 +128,7 @@ def test_recipe_table_marks_results_other_code_made(recipes: Any) -> None:
         "other code than the report's: 0123456789 (" in text
         and "`--fresh` trains them again" in text
     )
-    clean = recipes.recipe_block(_directions_world(), [0, 1, 2], [0, 1, 2, 3, 4])
+    clean = report.recipe_block(_directions_world(), [0, 1, 2], [0, 1, 2, 3, 4])
     assert "†" not in clean
 
 
@@ -129,19 +139,19 @@ PCA8 = ([0.10, 0.11, 0.09, 0.12, 0.08], [0.050, 0.052, 0.048, 0.054, 0.046])
 
 
 def test_codec_block_keeps_the_smallest_store_not_distinguishably_worse(
-    recipes: Any, monkeypatch
+    report: Any, monkeypatch
 ) -> None:
     sizes = {"fp32": 600.0, "uint8": 160.0, "uint4": 68.0, "pca8": 33.0}
-    monkeypatch.setattr(recipes, "_finalized", lambda url: True)
+    monkeypatch.setattr(report, "finalized", lambda url: True)
     monkeypatch.setattr(
-        recipes,
+        report,
         "store_sizes",
         lambda name: {"kb": sizes[name], "raw_kb": 1360.0, "errors": dict.fromkeys(
             ("lidar_bev", "heatmap", "box_regression"), 0.1)},
     )  # fmt: skip
     by_arm = {"cmkd fp32": _runs(*FP32), "cmkd": _runs(*UINT8), "cmkd uint4": _runs(*UINT4),
               "cmkd pca8": _runs(*PCA8)}  # fmt: skip
-    text = recipes.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
+    text = report.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
     assert "| pca8 | pca-8 / uint4 / uint4 | 33.0 | 41.2x | 18.2x |" in text
     # By hand, against fp32: pca8 t = -25 (mAP) and -10 (car); uint8 mAP Δ +0.003 (t = 1.5)
     # and car Δ +0.012; uint4 car Δ -0.010 (t = -1) and mAP Δ -0.001 (t = -0.5). Six p's:
@@ -168,33 +178,33 @@ def test_codec_block_keeps_the_smallest_store_not_distinguishably_worse(
         want = se * (stats.t.isf(level / 2, 8) + stats.t.isf(0.2, 8))
         assert float(got) == pytest.approx(want, rel=0.05, abs=5e-4)  # 3 decimals; an approximation
     by_arm["cmkd uint4"] = _runs([0.05, 0.06, 0.07], [0.01, 0.02, 0.03])
-    text = recipes.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
+    text = report.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
     assert "**uint8**, 160.0 KB/frame, **8.5x**" in text and "not met" in text
     by_arm["cmkd"] = _runs([0.05, 0.06, 0.07], [0.01, 0.02, 0.03])
-    text = recipes.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
+    text = report.codec_block(by_arm, [0, 1, 2], [0, 1, 2, 3, 4])
     assert "No compressed store is both tested and not distinguishably worse" in text
     assert "within noise" not in text
 
 
 def test_loss_curves_draw_the_loss_rows_not_the_validation_rows(
-    recipes: Any, monkeypatch, tmp_path
+    recipes: Any, figures: Any, monkeypatch, tmp_path
 ) -> None:
     """A training log interleaves loss rows with validation rows (no ``loss`` key): the figure
     draws each arm's loss rows, and arms without a seed-0 log are left out."""
-    monkeypatch.setattr(recipes, "OUT", tmp_path)
+    monkeypatch.setattr(figures, "OUT", tmp_path)
     rows = [{"epoch": 1, "step": 10, "loss": 3.0}, {"epoch": 1, "step": 18, "val_NDS": 0.1},
             {"epoch": 2, "step": 20, "loss": 2.5}]  # fmt: skip
     for name in ("baseline", "cmkd", "cmkd online"):
-        log = tmp_path / recipes.folder(name, 0) / "train_log.jsonl"
+        log = tmp_path / figures.folder(name, 0) / "train_log.jsonl"
         log.parent.mkdir(parents=True)
         log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "curves.png"
-    curves = recipes.plot_loss_curves(list(recipes.table_arms()), out)
+    curves = figures.plot_loss_curves(list(recipes.table_arms()), out)
     assert curves == {name: ([10, 20], [3.0, 2.5]) for name in ("baseline", "cmkd", "cmkd online")}
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_readme_block_quotes_only_what_holds(recipes: Any) -> None:
+def test_the_readme_block_quotes_only_what_holds(report: Any) -> None:
     base = [0.20, 0.22, 0.24, 0.21, 0.23]
     by_arm = {
         "baseline": [{"mAP": c / 10, "NDS": 0.0, "class_ap": {"car": c}} for c in base],
@@ -202,7 +212,7 @@ def test_the_readme_block_quotes_only_what_holds(recipes: Any) -> None:
         "focal": [{"mAP": c / 10, "NDS": 0.0, "class_ap": {"car": c + 0.001 * (-1) ** i}}
                   for i, c in enumerate(base)],
     }  # fmt: skip
-    text = recipes.readme_block(by_arm)
+    text = report.readme_block(by_arm)
     assert "| cmkd | 5 | 0.320 ± 0.016 |" in text and "| baseline | 5 | 0.220 ± 0.016 |" in text
     assert "- **Holds:** cmkd beats the baseline (car AP): holds (Δ +0.100" in text
     assert "**Holds:** focal beats" not in text
