@@ -14,7 +14,7 @@ SET ?=
 ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two store-load results few-labels imported-teacher clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two store-load results few-labels imported-teacher docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -63,7 +63,7 @@ results: setup  ## every recipe, +unlabeled, cached vs online (5 seeds baseline/
 imported-teacher: setup  ## an imported (mmdet3d) CenterPoint end to end: import, cache over the demo world, train a CMKD student
 	$(BIN)/python benchmarks/imported_teacher.py $(ARGS)
 
-stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/results.md)
+stage-two: setup  ## cached vs online teacher: step time and peak memory side by side (docs/performance.md)
 	$(BIN)/python benchmarks/stage_two.py $(ARGS)
 
 store-load: setup  ## N reader processes x W workers from local disk, S3 (moto) and S3 at 5% faults: frames/s, p50/p99, retries; readers a 10 frames/s student needs (docs/reliability.md)
@@ -71,6 +71,12 @@ store-load: setup  ## N reader processes x W workers from local disk, S3 (moto) 
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)
+
+docs: setup  ## regenerate docs/recipes.md (and the README's demo table, after make demo); build the manual into work/site
+	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[docs]'
+	$(BIN)/python benchmarks/docs_recipes.py
+	test ! -f $(OUT)/results.md || $(BIN)/python benchmarks/demo_readme.py --results $(OUT)/results.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d work/site
 
 clean:  ## remove every generated artifact (work/)
 	rm -rf work
