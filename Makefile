@@ -14,7 +14,7 @@ SET ?=
 ARGS ?=  # extra arguments of the benchmark targets, e.g. ARGS="--seeds 0"
 config_arg = $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two store-load results few-labels imported-teacher docs clean help
+.PHONY: setup test lint demo-data demo train-teacher cache-teacher train-student kitti-results stage-two store-load results few-labels imported-teacher waymo-demo docs clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,7 +36,7 @@ lint: setup  ## ruff + mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@rm -rf work/.typecheck && mkdir -p work/.typecheck/bevkd
-	@for d in pipeline stages storage datasets models distill; do ln -s ../../../$$d work/.typecheck/bevkd/$$d; done
+	@for d in pipeline stages storage datasets models distill eval viz; do ln -s ../../../$$d work/.typecheck/bevkd/$$d; done
 	cd work/.typecheck && ../../$(BIN)/mypy -p bevkd
 
 demo-data: setup  ## write the synthetic demo dataset (nuScenes format) under $(DATA)
@@ -68,6 +68,9 @@ stage-two: setup  ## cached vs online teacher: step time and peak memory side by
 
 store-load: setup  ## N reader processes x W workers from local disk, S3 (moto) and S3 at 5% faults: frames/s, p50/p99, retries; readers a 10 frames/s student needs (docs/reliability.md)
 	$(BIN)/python benchmarks/store_load.py $(ARGS)
+
+waymo-demo: setup  ## CMKD on the synthetic Waymo v2 export: teacher, cache, front-camera student, Waymo metrics (docs/waymo.md)
+	$(BIN)/python benchmarks/waymo_demo.py $(ARGS)
 
 demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)

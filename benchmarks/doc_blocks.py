@@ -2,9 +2,14 @@
 
 A block is the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` (store_load.py
 says ``begin`` for ``start``), each marker on its own line; the command its generator names
-rewrites it. :func:`write_or_check` is the one way docs_recipes.py and demo_readme.py update a
-page, so both have a report-only mode (``--check``) that writes nothing and exits 1 when the
-page would change; tests/test_docs.py reads every block through :func:`blocks`.
+rewrites it. Every generator writes through :func:`replace_block`, in one of two ways:
+
+- :func:`write_or_check` (docs_recipes.py, demo_readme.py): the block must exist, and a
+  report-only mode (``--check``) writes nothing and exits 1 when the page would change;
+- :func:`write_block` (the benchmarks' reports): the block is appended when the page lacks it,
+  so several reports can share one results page.
+
+tests/test_docs.py reads every block through :func:`blocks`.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ class BlockError(ValueError):
     """A page whose block markers do not pair up."""
 
 
-def blocks(text: str, where: str = "page") -> dict[str, str]:
+def blocks(text: str, where: str = "page", empty_ok: bool = False) -> dict[str, str]:
     """``{name: body}`` of every block in ``text``, in page order; the body excludes the marker
-    lines. Unpaired, nested, repeated or empty blocks are a :class:`BlockError` naming
-    ``where`` and the block."""
+    lines. Unpaired, nested, repeated or (unless ``empty_ok``: a writer fills the empty
+    placeholder a page gets first) empty blocks are a :class:`BlockError` naming ``where`` and
+    the block."""
     found: dict[str, str] = {}
     open_name, open_end = None, 0
     for m in MARKER.finditer(text):
@@ -38,7 +44,7 @@ def blocks(text: str, where: str = "page") -> dict[str, str]:
             if open_name != name:
                 raise BlockError(f"{where}: '<!-- {name}:end -->' closes no open '{name}' block")
             body = text[open_end : m.start()]
-            if not body.strip():
+            if not body.strip() and not empty_ok:
                 raise BlockError(f"{where}: block '{name}' is empty")
             found[name] = body
             open_name = None
@@ -49,8 +55,8 @@ def blocks(text: str, where: str = "page") -> dict[str, str]:
 
 def replace_block(text: str, name: str, body: str, where: str = "page") -> str:
     """``text`` with block ``name``'s body replaced by ``body`` (a newline is added if it lacks
-    one). The block must exist: a generator never invents where its block goes."""
-    if name not in blocks(text, where):
+    one). The block must exist, empty or not: a generator never invents where its block goes."""
+    if name not in blocks(text, where, empty_ok=True):
         raise BlockError(f"{where}: no block '{name}' (add its start and end markers first)")
     body = body if body.endswith("\n") else body + "\n"
     start = re.search(rf"^<!-- {re.escape(name)}:(start|begin) -->\n", text, re.MULTILINE)
@@ -74,6 +80,20 @@ def write_or_check(path: Path, name: str, body: str, check: bool) -> bool:
     else:
         print(f"[{name}] {path}: already current")
     return current
+
+
+def write_block(path: Path, name: str, text: str, marks: tuple[str, str] = ("start", "end"),
+                title: str = "# bevkd results (generated blocks)") -> None:  # fmt: skip
+    """Put ``text`` into block ``name`` of ``path``, appended between ``<!-- name:start -->``
+    and ``<!-- name:end -->`` when the page lacks it. ``marks``: other marker words for an
+    appended block (``("begin", "end")``); ``title``: the first line of a page made here."""
+    old = path.read_text() if path.is_file() else f"{title}\n"
+    if name in blocks(old, str(path), empty_ok=True):
+        new = replace_block(old, name, text, str(path))
+    else:
+        start, end = f"<!-- {name}:{marks[0]} -->", f"<!-- {name}:{marks[1]} -->"
+        new = old.rstrip("\n") + f"\n\n{start}\n{text}{end}\n"
+    path.write_text(new)
 
 
 def exit_code(current: bool, check: bool) -> None:

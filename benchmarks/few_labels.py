@@ -23,7 +23,7 @@ baseline, honest and ceiling arms (the headline); ``--oracle-seeds`` the oracle 
 Each arm is a real ``bevkd train-student`` run under ``work/demo/few_labels/<arm>_seed<n>``
 (resumable; a finished arm is found there or in ``benchmarks/runs/``, and not run again). The
 report judges each claim with Welch's t-test and a Holm correction over the block's family of
-comparisons (:mod:`bevkd.stages.verdicts`), and scores the pseudo-labels themselves (each
+comparisons (:mod:`bevkd.eval.verdicts`), and scores the pseudo-labels themselves (each
 store's cached boxes, ``bevkd evaluate --store``) on val and on the 54 hidden frames alone
 (``eval.sample_tokens``). It writes the few-labels block of ``docs/results.md``.
 """
@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import reporting
-from reporting import claim_pairs, frames_cell, markdown_table, write_block
+from doc_blocks import write_block
+from reporting import claim_pairs, frames_cell, markdown_table
 
 from bevkd.stages.demo_students import Arm
 from bevkd.stages.run_ledger import dagger, footnote
@@ -275,7 +276,7 @@ def verdict_lines(runs: dict[str, list[dict]]) -> list[str]:
 def judged_claims(runs: dict[str, list[dict]]) -> tuple[list[str], dict]:
     """Every claim of :data:`CLAIMS` whose two arms ran, judged on car AP and mAP by Welch's
     t-test with a Holm correction over the whole block (:func:`verdicts.verdict_table`)."""
-    from bevkd.stages import verdicts
+    from bevkd.eval import verdicts
 
     pairs = claim_pairs(CLAIMS, runs, {
         "car AP": lambda ms: [car(m) for m in ms], "mAP": lambda ms: [float(m["mAP"]) for m in ms],
@@ -288,7 +289,7 @@ def judged_claims(runs: dict[str, list[dict]]) -> tuple[list[str], dict]:
 
 def readme_block(runs: dict[str, list[dict]]) -> str:
     """The README's few-labels block: the honest arms' car AP and what holds, nothing else."""
-    from bevkd.stages import verdicts
+    from bevkd.eval import verdicts
 
     rows = [
         [
@@ -364,7 +365,7 @@ def hidden_tokens() -> list[str]:
 def pseudo_label_quality(thresholds: list[float]) -> list[str]:
     """Each store's cached LiDAR-teacher boxes scored as detections, per threshold: on val, and
     on the hidden train frames alone (``eval.sample_tokens``): the pseudo-labels' own quality."""
-    from bevkd.stages.evaluate_store import store_config, sweep
+    from bevkd.eval.store_boxes import store_config, sweep
     from bevkd.storage.reader import open_store
 
     listed = HERE / "hidden_tokens.txt"

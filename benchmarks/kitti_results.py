@@ -22,7 +22,7 @@ AP|R40 is bevkd's exact definition (``eval.kitti_sampling`` exact) on the 24 val
 the half-resolution export's pixel thresholds (``data.kitti_pixel_scale`` 0.5). Writes the
 table (mean ± std over the seeds, and every seed) between the ``kitti-results`` markers of
 ``docs/kitti.md``, with the verdicts of :data:`CLAIMS` on Car 3D and BEV Moderate under each
-table (:mod:`bevkd.stages.verdicts`: Welch's t on the seeds, Holm over the table's family).
+table (:mod:`bevkd.eval.verdicts`: Welch's t on the seeds, Holm over the table's family).
 Above them, the LiDAR teacher's own Car AP|R40 on the same val frames, from its final
 evaluation (``work/demo/kitti/teacher_lidar/eval/kitti_ap.json``, IoU 0.7) and its saved
 detections (IoU 0.5), when they are on disk.
@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import claim_pairs, frames_cell, markdown_table, mean_std, run_counts, write_block
+from doc_blocks import write_block
+from reporting import claim_pairs, frames_cell, markdown_table, mean_std, run_counts
 
+from bevkd.eval.verdicts import verdict_table
 from bevkd.stages.demo_students import Arm, arm_metrics, train_arm
 from bevkd.stages.run_ledger import dagger, footnote
-from bevkd.stages.verdicts import verdict_table
 
 OUT = Path("work/demo/kitti")
 TEACHER = OUT / "teacher_lidar"  # configs/kitti/demo_lidar_teacher.yaml's train.out_dir
@@ -176,7 +177,7 @@ def verdicts(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -
 def car_at(folder: Path, overlap: float) -> dict[str, Any]:
     """Car AP|R40 of an evaluated arm's saved detections at another 3D/BEV overlap."""
     from bevkd.datasets.kitti_lists import read_split_list, split_list_path
-    from bevkd.stages.kitti_ap import evaluate_kitti, read_frames
+    from bevkd.eval.kitti_ap import evaluate_kitti, read_frames
 
     ids = [e.token for e in read_split_list(split_list_path("val", OUT / "object")) if e.kind == "object"]  # fmt: skip
     gt = read_frames(OUT / "object" / "training" / "label_2", ids, need_score=False)

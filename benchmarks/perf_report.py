@@ -1,6 +1,6 @@
 """Where the performance benchmarks put what they measured: one block of ``docs/performance.md``
 per benchmark (between ``<!-- name:start -->`` and ``<!-- name:end -->``, as
-:func:`reporting.write_block` writes them), stamped with the command line that made it, the
+:func:`doc_blocks.write_block` writes them), stamped with the command line that made it, the
 date and the machine, so no figure in the docs is typed by hand.
 
 Used by store_io.py, data_loading.py, student_step.py, cache_throughput.py, recipe_step.py and
@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import markdown_table, write_block
+from doc_blocks import write_block
+from reporting import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 PERFORMANCE = REPO / "docs" / "performance.md"

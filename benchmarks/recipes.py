@@ -33,7 +33,7 @@ KB/frame counts the fields ``cmkd`` reads (``lidar_bev``, ``heatmap``, ``box_reg
 **Seeds**: ``--headline-seeds`` (5) for the arms the headline claims rest on (:data:`HEADLINE`:
 ``baseline``, ``cmkd`` and every codec arm), ``--seeds`` (3) for the rest.
 
-**Verdicts** (:mod:`bevkd.stages.verdicts`): each directional claim is Welch's t-test on the
+**Verdicts** (:mod:`bevkd.eval.verdicts`): each directional claim is Welch's t-test on the
 seeds, Holm-corrected over the family of its table (the directions table; the codec table),
 printed with its p's and n's; a difference the test cannot resolve is "not distinguishable at
 n = a/b", with the smallest difference it would have detected.
@@ -59,6 +59,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from doc_blocks import write_block
 from recipe_arms import (
     CODECS,
     DATA,
@@ -75,7 +76,6 @@ from recipe_arms import (
 )
 from recipe_figures import plot_codecs, plot_loss_curves, plot_recipes
 from recipes_report import codec_block, collect, readme_block, recipe_block
-from reporting import write_block
 
 from bevkd.stages.demo_students import Arm, train_arm
 

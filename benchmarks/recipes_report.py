@@ -3,7 +3,7 @@
 
 Each table cell is mean ± std over the seeds an arm finished, † on results other code made;
 each directional claim is judged by Welch's t-test with Holm over its table's family
-(:mod:`bevkd.stages.verdicts`). The figures are recipe_figures.py's.
+(:mod:`bevkd.eval.verdicts`). The figures are recipe_figures.py's.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from recipe_arms import (
 )
 from reporting import claim_pairs, markdown_table, mean_std
 
+from bevkd.eval.verdicts import Judged, family_line, judge, summary, verdict_table
 from bevkd.stages.demo_students import arm_metrics
 from bevkd.stages.run_ledger import dagger, footnote
-from bevkd.stages.verdicts import Judged, family_line, judge, summary, verdict_table
 
 CMKD_FIELDS = ("lidar_bev", "heatmap", "box_regression", "boxes")
 METRICS = ("mAP", "car AP")
@@ -126,7 +126,7 @@ def claim_values(by_arm: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str
 
 def readme_block(by_arm: dict[str, list[dict[str, Any]]]) -> str:
     """The README's recipes block: each arm's car AP and what holds of the seeds' directions
-    (:func:`bevkd.stages.verdicts.summary` of the same family as :func:`directions`)."""
+    (:func:`bevkd.eval.verdicts.summary` of the same family as :func:`directions`)."""
     pairs = claim_values(by_arm)
     rows = [[name, len(runs), mean_std(values(runs, "car AP"))] for name, runs in by_arm.items()]
     held = summary(verdict_table(pairs, METRICS)[1]) if pairs else []

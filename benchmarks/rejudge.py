@@ -8,7 +8,7 @@ two standard errors of the difference, at n = 3 seeds, over about 24 comparisons
 runs used recipe weights that issue 24 found off their papers' scale. This reads those blocks
 back out of git (per-seed car AP from the recipes table; mean ± std from the codec table, whose
 seeds it did not list) and judges the same claims by Welch's t-test with a Holm correction over
-each table's family (:mod:`bevkd.stages.verdicts`). Nothing is trained: the runs are the ones
+each table's family (:mod:`bevkd.eval.verdicts`). Nothing is trained: the runs are the ones
 the old blocks report, and `make results` replaces them with a rerun at the current code.
 """
 
@@ -19,10 +19,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from reporting import write_block
+from doc_blocks import write_block
 from scipy import stats
 
-from bevkd.stages import verdicts
+from bevkd.eval import verdicts
 
 # The old recipes block's claims: (claim, arm a, arm b), a "holds" when a > b.
 RECIPE_CLAIMS: tuple[tuple[str, str, str], ...] = (

@@ -1,9 +1,9 @@
 """What the benchmarks' reports share: markdown tables and their mean ± std cells, the
-(claim, metric) pairs a verdict table judges, a run's steps and frames from the run ledger, and
-the generated blocks of a docs page.
+(claim, metric) pairs a verdict table judges, and a run's steps and frames from the run ledger.
+The generated blocks of a docs page are written by :func:`doc_blocks.write_block`.
 
-Used by recipes_report.py, few_labels.py, kitti_results.py, recipe_results.py, perf_report.py
-and rejudge.py. The verdicts themselves (Welch's t, Holm) are :mod:`bevkd.stages.verdicts`; the
+Used by recipes_report.py, few_labels.py, kitti_results.py, recipe_results.py and
+perf_report.py. The verdicts themselves (Welch's t, Holm) are :mod:`bevkd.eval.verdicts`; the
 † marks of results other code made are :func:`bevkd.stages.run_ledger.dagger` and
 :func:`~bevkd.stages.run_ledger.footnote`.
 """
@@ -57,7 +57,7 @@ def claim_pairs(
     """``(claim, metric) -> (arm's values, against's values)`` for each ``(claim, arm,
     against)`` whose two arms have runs, one entry per metric (``metrics``: name -> the values
     of a list of runs) that gives both sides a value: the pairs of one verdict family
-    (:func:`bevkd.stages.verdicts.verdict_table`), in the claims' order."""
+    (:func:`bevkd.eval.verdicts.verdict_table`), in the claims' order."""
     pairs = {}
     for claim, arm, against in claims:
         a, b = runs.get(arm), runs.get(against)
@@ -67,18 +67,3 @@ def claim_pairs(
             if (x := pick(a)) and (y := pick(b)):
                 pairs[(claim, name)] = (x, y)
     return pairs
-
-
-def write_block(path: Path, name: str, text: str, marks: tuple[str, str] = ("start", "end"),
-                title: str = "# bevkd results (generated blocks)") -> None:  # fmt: skip
-    """Put ``text`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``
-    (appended if absent), so several generators can share one results page. ``marks``: other
-    marker words (``("begin", "end")``); ``title``: the first line of a page made here."""
-    start, end = f"<!-- {name}:{marks[0]} -->", f"<!-- {name}:{marks[1]} -->"
-    old = path.read_text() if path.is_file() else f"{title}\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1 :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    path.write_text(new)

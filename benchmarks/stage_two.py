@@ -574,7 +574,7 @@ def main() -> None:
     lines = report(runs, args.cases, args.rounds) + agreement_lines(agree, args.agreement_frames)
     text = block(header(first, args.steps, args.warmup, args.rounds), lines)
     print(text)
-    from few_labels import write_block
+    from doc_blocks import write_block
 
     write_block(Path("docs/performance.md"), "stage-two", text)
 

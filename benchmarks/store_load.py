@@ -47,7 +47,7 @@ from bevkd.pipeline.geometry import BEVGrid
 from bevkd.storage.retry import STATS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_labels import write_block
+from doc_blocks import write_block
 from load_report import answer_lines, summarize, table_lines
 from perf_report import REPO, cores, stamp
 

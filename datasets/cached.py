@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bevkd.datasets import fov
 from bevkd.datasets.frame import map_tensors
 from bevkd.datasets.student_batch import StudentBatch, collate_student
 from bevkd.storage.augment import transform_field
@@ -67,9 +68,11 @@ class CachedTargets(torch.utils.data.Dataset):
     labels: by the *sample's* ``has_label``, so a run that hides a frame's GT hides them too."""
 
     def __init__(self, base: Any, url: str, fields: Iterable[str] | None = None,
-                 expect: StoreContract | None = None, storage_options: dict[str, Any] | None = None):  # fmt: skip
+                 expect: StoreContract | None = None, storage_options: dict[str, Any] | None = None,
+                 fov_only: bool = False):  # fmt: skip
         self.base = base
         self.fields = tuple(fields) if fields is not None else None
+        self.fov_only = fov_only  # mask the targets to the sample's cameras (data.fov_only)
         self._store = _LazyStore(url, storage_options, expect)
 
     def __len__(self) -> int:
@@ -101,8 +104,24 @@ class CachedTargets(torch.utils.data.Dataset):
             moved = transform_field(
                 value, spec.kind, aug, grid, spec.channel_map, spec.heatmap_activation or "logits"
             )
-            targets[name] = torch.from_numpy(np.ascontiguousarray(moved))
-        return sample, targets
+            targets[name] = moved
+        if self.fov_only:
+            targets = _in_view(targets, store.contract, sample)
+        return sample, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in targets.items()}
+
+
+def _in_view(targets: dict[str, np.ndarray], contract: StoreContract, sample: Any) -> dict[str, np.ndarray]:  # fmt: skip
+    """``targets`` masked to what the sample's cameras see (:func:`bevkd.datasets.fov.mask_targets`)."""
+    specs = {name: contract.field(name) for name in targets}
+    return fov.mask_targets(
+        targets,
+        kinds={name: spec.kind for name, spec in specs.items()},
+        grids={name: field_grid(contract.grid, spec) for name, spec in specs.items() if spec.kind != "boxes"},
+        cam2img=sample.cam2img.numpy(),
+        cam2ego=sample.cam2ego.numpy(),
+        widths=[sample.images.shape[-1]] * len(sample.cam2img),
+        logits=[n for n, s in specs.items() if s.kind == "heatmap" and (s.heatmap_activation or "logits") == "logits"],
+    )  # fmt: skip
 
 
 class StoreFrames(torch.utils.data.Dataset):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bevkd.datasets import fov
 from bevkd.datasets.augment import apply_image_aug, draw_bev_aug, draw_image_aug, intrinsics_4x4
 from bevkd.datasets.depth import depth_map
 from bevkd.datasets.frame import CameraRecord, Frame, Sample
@@ -107,7 +108,9 @@ class FrameDataset(torch.utils.data.Dataset):
         boxes = transform_boxes(frame.boxes, bev_aug) if frame.has_label else np.zeros((0, 9))
         labels = frame.labels if frame.has_label else np.zeros((0,), np.int64)
         # Depth from the keyframe sweep only: earlier sweeps smear moving objects.
-        key_points = points[points[:, 4] == 0.0] if self.with_depth else points[:0]
+        # (one sweep: every point; Waymo's column 4 is the elongation, not a time-lag)
+        keyframe = points if self.data.lidar_sweeps == 1 else points[points[:, 4] == 0.0]
+        key_points = keyframe if self.with_depth else points[:0]
 
         images, cam2img, cam2ego, img_aug, depth = [], [], [], [], []
         for camera in self._cameras(frame, where):
@@ -128,6 +131,11 @@ class FrameDataset(torch.utils.data.Dataset):
                 else _no_depth(self.data)
             )
         h, w = self.data.image_size
+        if self.data.fov_only and len(boxes):  # a camera student's GT: what its cameras see
+            seen = fov.visible(
+                boxes[:, :2], np.stack(cam2img), np.stack(cam2ego), [w] * len(cam2img)
+            )
+            boxes, labels = boxes[seen], labels[seen]
         return Sample(
             token=frame.token,
             index=index,
@@ -191,7 +199,8 @@ def load_frames(cfg: Config, role: str) -> list[Frame]:
     """Frames of a split role ("train", "val", "unlabeled") of the dataset ``cfg.data`` names.
 
     nuScenes reads :mod:`bevkd.datasets.nuscenes_index`; KITTI
-    :func:`bevkd.datasets.kitti.frames_from_config` (each imported only when asked for).
+    :func:`bevkd.datasets.kitti.frames_from_config`; Waymo v2 the split's parquet files
+    (:func:`bevkd.datasets.waymo.load_waymo_frames`); each imported only when asked for.
     """
     split = split_name(cfg.data, role)
     if cfg.data.format == "nuscenes":
@@ -202,7 +211,10 @@ def load_frames(cfg: Config, role: str) -> list[Frame]:
         kitti = importlib.import_module("bevkd.datasets.kitti")
         frames: list[Frame] = kitti.frames_from_config(cfg, split)
         return frames
-    raise DataError(f"unknown data.format '{cfg.data.format}' (expected nuscenes or kitti)")
+    if cfg.data.format == "waymo":
+        waymo = importlib.import_module("bevkd.datasets.waymo")
+        return list(waymo.load_waymo_frames(cfg.data.root, split, cfg.classes))
+    raise DataError(f"unknown data.format '{cfg.data.format}' (expected nuscenes, kitti or waymo)")
 
 
 def find_frame(

@@ -255,7 +255,8 @@ def _segment_of(path: str) -> Segment:
 
 def load_points(frame: Frame, where: str = "") -> np.ndarray:
     """The frame's points, every laser and both returns, in the vehicle (ego) frame:
-    ``(P, 5)`` float32 x, y, z, intensity, time-lag (0)."""
+    ``(P, 5)`` float32 x, y, z, intensity, elongation: Waymo's five point features (a single
+    sweep, so the column nuScenes gives the time-lag holds the elongation instead)."""
     segment = _segment_of(frame.lidar_path)
     at = [(ws.TIMESTAMP, "=", frame.timestamp)]
     lidar = segment.read(
@@ -290,7 +291,7 @@ def load_points(frame: Frame, where: str = "") -> np.ndarray:
             if image is None:
                 continue
             incl = inclinations(row[ws.BEAM_MIN], row[ws.BEAM_MAX], row[ws.BEAM_VALUES], len(image))
-            xyz, intensity = range_image_to_points(
+            xyz, features = range_image_to_points(
                 image,
                 extrinsic,
                 incl,
@@ -299,7 +300,7 @@ def load_points(frame: Frame, where: str = "") -> np.ndarray:
             )
             cloud = np.zeros((len(xyz), 5), dtype=np.float32)
             cloud[:, :3] = xyz
-            cloud[:, 3] = intensity
+            cloud[:, 3:5] = features
             clouds.append(cloud)
     return np.concatenate(clouds) if clouds else np.zeros((0, 5), np.float32)
 

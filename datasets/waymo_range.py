@@ -62,11 +62,12 @@ def range_image_to_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points of one range image return, in the vehicle frame of ``vehicle_pose``.
 
-    ``range_image``: (H, W, C) with range in channel 0 and intensity in channel 1;
+    ``range_image``: (H, W, C) with range, intensity and elongation in channels 0, 1, 2;
     ``extrinsic``: 4x4 laser -> vehicle; ``inclination``: (H,) from :func:`inclinations`;
     ``pixel_pose``: (H, W, 6) roll, pitch, yaw, x, y, z (vehicle -> world at each pixel's
     time), with ``vehicle_pose`` (4x4 world_from_vehicle of the frame) to come back by.
-    Returns (P, 3) float64 xyz and (P,) intensity of the pixels with range > 0, row-major.
+    Returns (P, 3) float64 xyz and (P, 2) float32 intensity and elongation (channels 1 and 2)
+    of the pixels with range > 0, row-major.
     """
     width = range_image.shape[1]
     rows, cols = np.nonzero(range_image[..., 0] > 0)
@@ -85,4 +86,4 @@ def range_image_to_points(
         world += pose[:, 3:6]
         rot, trans = vehicle_pose[:3, :3], vehicle_pose[:3, 3]
         xyz = (world - trans) @ rot  # world -> vehicle: R^T (p - t)
-    return xyz, range_image[rows, cols, 1].astype(np.float32)
+    return xyz, range_image[rows, cols, 1:3].astype(np.float32)

@@ -4,6 +4,12 @@ Resolution order: dataclass defaults < YAML file < ``--set a.b=value`` overrides
 Unknown keys are errors that name the key and its nearest valid spelling. Derived values
 (grid shapes, strides) are properties computed from the config, never configured.
 
+Why one file, though it is long: each section (``data``, ``cache``, ``distill``, ...) is one
+frozen dataclass that reads as a unit, its keys, defaults, ranges and checks together. One file
+keeps the whole key space greppable in one place (``cache.max_frames`` is found where it is
+defined), and :class:`Config`, which holds every section, is the one place a rule that spans
+two sections can be checked.
+
 This module is a leaf: it imports no other bevkd folder (only pipeline.geometry).
 """
 
@@ -179,7 +185,7 @@ def section(name: str) -> typing.Callable[[type[T]], type[T]]:
 class DataConfig:
     """Where frames come from and how they are turned into samples."""
 
-    format: str = "nuscenes"  # nuscenes | kitti
+    format: str = "nuscenes"  # nuscenes | kitti | waymo (v2 parquet: docs/waymo.md)
     root: str = "work/demo/data"
     # A synthetic world (tiny | demo | bench) that `cache-teacher --build-missing` and `demo` may
     # generate at root when it is absent; empty for real datasets, which are never generated.
@@ -220,13 +226,23 @@ class DataConfig:
     labeled_fraction: float = num(1.0, gt=0, le=1)
     label_seed: int = num(0, ge=0)
     labeled_tokens: str = ""
+    # Students of fewer cameras than the LiDAR sees (Waymo's front camera, CMKD #12): GT boxes
+    # whose centre no camera sees are dropped, and the teacher's cached targets are masked to
+    # the cells some camera sees (heatmaps background, features and regressions 0, boxes
+    # dropped outside), in training and in evaluation (GT and detections alike).
+    fov_only: bool = False
 
     def __post_init__(self) -> None:
         if self.labeled_tokens and self.labeled_fraction < 1.0:
             raise ConfigError(
                 "data.labeled_tokens and data.labeled_fraction both set a label budget: keep one"
             )
-        _choice("data.format", self.format, ("nuscenes", "kitti"))
+        _choice("data.format", self.format, ("nuscenes", "kitti", "waymo"))
+        if self.format == "waymo" and self.lidar_sweeps != 1:
+            raise ConfigError(
+                "data.lidar_sweeps: the Waymo reader gives one sweep per frame (its fifth point "
+                "feature is the elongation, not a time-lag): set 1"
+            )
         _choice("data.bev_flip", self.bev_flip, ("", "x", "y", "xy", "yx"))
         if not self.cameras:
             raise ConfigError("data.cameras: name at least one camera")
@@ -958,6 +974,7 @@ ADDED_KEYS: tuple[str, ...] = (
     "cache.teacher_checkpoints",  # the Teacher protocol (custom teachers' checkpoints)
     "centerpoint",  # imported CenterPoints (model.kind: centerpoint)
     "io",  # object-store retries (issue 26)
+    "data.fov_only",  # camera field-of-view students (issue 27, Waymo)
 )
 
 

@@ -30,11 +30,8 @@ def ensure_data(cfg: Config) -> None:
     from bevkd.stages.make_demo_data import run as make_demo_data
 
     root = Path(cfg.data.root)
-    present = (
-        (root / cfg.data.version).is_dir()
-        if cfg.data.format == "nuscenes"
-        else (root / "object").is_dir()
-    )
+    marker = {"nuscenes": cfg.data.version, "kitti": "object", "waymo": cfg.data.train_split}
+    present = (root / marker[cfg.data.format]).is_dir()
     if present:
         return
     if not cfg.data.synthetic_preset:
@@ -78,6 +75,11 @@ def ensure_teacher(cfg: Config, name: str) -> None:
     if "mAP" in result.metrics:
         click.echo(
             f"[build] {name} teacher on val: mAP {result.metrics['mAP']:.3f}, NDS {result.metrics['NDS']:.3f}"
+        )
+    elif result.metrics.get("metric") == "waymo":
+        mean = result.metrics["mean"]
+        click.echo(
+            f"[build] {name} teacher on val: mAPH L1 {mean['L1']['APH']:.3f}, L2 {mean['L2']['APH']:.3f}"
         )
 
 

@@ -352,7 +352,7 @@ def fit(cfg: Config, objective: nn.Module, dataset: Any, collate: Callable[[list
             **record,
         )
     if info.is_main:
-        from bevkd.stages.plots import plot_loss_curve
+        from bevkd.viz.plots import plot_loss_curve
 
         plot_loss_curve(out / "train_log.jsonl", out / "loss.png")
     return TrainResult(out, out / "best.pt", t.epochs, step, metrics, best)

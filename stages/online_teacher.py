@@ -123,8 +123,8 @@ def load_custom(
     """Custom teacher ``name`` of ``store``, built by its recorded factory (a file: the recorded
     path) with the store's config and its checkpoint (or ``checkpoint``), refused unless its
     source and weights hash as recorded."""
+    from bevkd.eval.store_boxes import store_config
     from bevkd.stages import custom_teacher
-    from bevkd.stages.evaluate_store import store_config
 
     rec = store.provenance["teachers"][name]
     where, factory = custom_teacher.split_entry(rec["factory"])
@@ -147,7 +147,7 @@ def load_custom(
 def reader_settings(store: Any, data: DataConfig) -> DataConfig:
     """``data`` (the student's dataset root and splits) with the input settings the store's
     teachers read frames with (the config in its provenance)."""
-    from bevkd.stages.evaluate_store import store_config
+    from bevkd.eval.store_boxes import store_config
 
     made = store_config(store).data
     return dataclasses.replace(

@@ -1,8 +1,9 @@
-"""Run a model over a split and evaluate its detections (nuScenes devkit or KITTI AP|R40)."""
+"""Run a model over a split and evaluate its detections (nuScenes devkit, KITTI AP|R40 or
+Waymo AP/APH and LET-3D-AP): the model side of ``bevkd evaluate --checkpoint`` and of the
+training steps' final evaluation. The scoring itself is :mod:`bevkd.eval.detections`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from bevkd.datasets.dataset import FrameDataset, load_frames
 from bevkd.datasets.frame import Frame, collate
+from bevkd.eval.detections import evaluate_detections
 from bevkd.models.outputs import Detections
 from bevkd.pipeline.config import Config
 
@@ -45,7 +47,7 @@ def draw_predictions(cfg: Config, frames: list[Frame], detections: list[Detectio
                      out_dir: str | Path, count: int = 4, store_url: str = "") -> list[Path]:  # fmt: skip
     """PNGs of the first ``count`` frames: BEV predictions against GT (and the teacher's cached
     boxes when ``store_url`` holds the frame), and predictions drawn on the camera images."""
-    from bevkd.stages.draw import draw_bev, draw_cameras
+    from bevkd.viz.draw import draw_bev, draw_cameras
 
     grid = cfg.grid.bev_grid
     store = _store_if_any(store_url)
@@ -94,52 +96,3 @@ def evaluate_model(
         "use_lidar": cfg.model.kind in ("lidar", "fusion"),
     }
     return evaluate_detections(cfg, frames, detections, out, meta=meta)
-
-
-def evaluate_detections(
-    cfg: Config,
-    frames: Sequence[Frame],
-    detections: Sequence[Detections],
-    out_dir: str | Path,
-    classes: Sequence[str] | None = None,
-    meta: dict[str, bool] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Score ego-frame detections (one per frame of ``cfg.eval.eval_set``) with the dataset's
-    own metric: KITTI AP|R40 for KITTI data, else the nuScenes devkit on a results JSON.
-
-    ``labels`` index ``classes`` (default ``cfg.classes``); ``meta`` is the results file's sensor
-    flags (nuScenes); ``extra`` is merged into the returned summary and its metrics file.
-    Writes the results (``kitti_results/`` or ``results_nusc.json``) and the metrics into
-    ``out_dir``.
-    """
-    out = Path(out_dir)
-    classes = tuple(cfg.classes if classes is None else classes)
-    if cfg.data.format == "kitti":
-        from bevkd.stages import kitti_ap
-
-        results_dir = out / "kitti_results"
-        results_dir.mkdir(parents=True, exist_ok=True)
-        for frame, det in zip(frames, detections, strict=True):
-            kitti_ap.write_detections(
-                results_dir,
-                frame,
-                det.boxes.numpy(),
-                det.scores.numpy(),
-                det.labels.numpy(),
-                classes,
-            )
-        metrics: dict[str, Any] = kitti_ap.run(cfg, results_dir, out, extra=extra)
-        return metrics
-    from bevkd.stages import evaluate
-    from bevkd.stages.nuscenes_results import detections_to_results, write_results
-
-    flags = {"use_camera": False, "use_lidar": False, **(meta or {})}
-    body = detections_to_results(
-        frames,
-        detections,
-        classes,
-        meta=dict(flags, use_radar=False, use_map=False, use_external=False),
-    )
-    results = write_results(body, out / "results_nusc.json")
-    return evaluate.run(cfg, results, out, extra=extra)

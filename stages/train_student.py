@@ -212,12 +212,19 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
     if cfg.train.targets == "online":
         from bevkd.stages import online_teacher
 
+        if cfg.data.fov_only:
+            raise ConfigError(
+                "data.fov_only masks the targets read from the store; with train.targets=online "
+                "the teachers' targets are not masked: train from the store (train.targets=store)"
+            )
+
         online, views = online_teacher.prepare(cfg, store, recipe.expects, samples, info.device)
         if info.is_main:
             click.echo(f"[train-student] {online_teacher.describe(online, views)}")
         return StudentObjective(model, recipe, online), views
     dataset = CachedTargets(samples, cfg.student.store, fields=list(recipe.expects),
-                            storage_options=dict(cfg.student.storage_options) or None)  # fmt: skip
+                            storage_options=dict(cfg.student.storage_options) or None,
+                            fov_only=cfg.data.fov_only)  # fmt: skip
     return StudentObjective(model, recipe), dataset
 
 

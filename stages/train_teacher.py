@@ -22,6 +22,7 @@ from bevkd.datasets.frame import collate
 from bevkd.models.checkpoint import init_from_checkpoint, load_checkpoint
 from bevkd.pipeline.config import Config, save_resolved
 from bevkd.pipeline.distributed import cleanup_distributed, setup_distributed
+from bevkd.pipeline.errors import BevkdError
 from bevkd.stages.loop import NonFiniteLoss, TrainResult, fit
 
 __all__ = ["NonFiniteLoss", "TeacherObjective", "TrainResult", "run"]
@@ -86,5 +87,16 @@ def budget_dataset(cfg: Config, say: Any = print) -> tuple[FrameDataset, list[st
         if path
     ]
     seen = budget.union_record(chosen.kept, sources)
+    unlabelled = sum(not f.has_label for f in frames)
+    if unlabelled:  # a split that mixes both (Waymo frames without lidar_box rows, KITTI raw)
+        frames = [f for f in frames if f.has_label]
+        say(
+            f"[train-teacher] {len(frames)} labelled train frames; {unlabelled} unlabelled ones are not read"
+        )
+    if not frames:
+        raise BevkdError(
+            f"the train split {cfg.data.train_split!r} of {cfg.data.root} has no labelled frame "
+            "to train a teacher on"
+        )
     dataset = FrameDataset(frames, cfg.data, train=True, seed=cfg.train.seed)  # indexed once
     return dataset, seen

@@ -29,6 +29,16 @@ def tiny_kitti(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_waymo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny synthetic world as a Waymo Open Dataset v2 (parquet) root."""
+    from bevkd.datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny_waymo")
+    generate(root, preset="tiny", seed=0, fmt="waymo")
+    return root
+
+
+@pytest.fixture(scope="session")
 def s3_server() -> Iterator[dict[str, str]]:
     """A real S3 API on loopback with a bucket ``bevkd-test``, for the session
     (:func:`bevkd.storage.faults.moto_s3`)."""

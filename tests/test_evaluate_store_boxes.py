@@ -16,10 +16,10 @@ from nuscenes_copy import private_copy
 
 from bevkd.datasets.frame import Frame
 from bevkd.datasets.nuscenes_index import load_index
+from bevkd.eval.store_boxes import eval_frames, evaluate_store, sweep
 from bevkd.pipeline.cli import main
 from bevkd.pipeline.config import Config, DataConfig, config_yaml, load_config
 from bevkd.pipeline.geometry import NUSCENES_CLASSES
-from bevkd.stages.evaluate_store import eval_frames, evaluate_store, sweep
 from bevkd.storage.fields import boxes_field
 from bevkd.storage.reader import open_store
 from bevkd.storage.schema import SCHEMA_VERSION, StoreContract, StoreError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bevkd.datasets.kitti_labels import KittiObject
-from bevkd.stages.kitti_ap import evaluate_kitti, get_thresholds
+from bevkd.eval.kitti_ap import evaluate_kitti, get_thresholds
 
 
 def obj(

@@ -1,4 +1,4 @@
-"""``stages.kitti_ap.run``: KITTI result files on disk -> AP|R40 JSON, from ego-frame detections."""
+"""``eval.kitti_ap.run``: KITTI result files on disk -> AP|R40 JSON, from ego-frame detections."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from kitti_real_format import P2, write_object_frame
 from bevkd.datasets.kitti import load_kitti_frames
 from bevkd.datasets.kitti_boxes import image_boxes
 from bevkd.datasets.kitti_labels import KittiObject, format_label_line
+from bevkd.eval.kitti_ap import run, write_detections
 from bevkd.pipeline.config import load_config
 from bevkd.pipeline.errors import DataError
-from bevkd.stages.kitti_ap import run, write_detections
 
 
 def _label(kind: str, x: float, z: float, hwl: tuple[float, float, float], ry: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bevkd.stages.kitti_iou import bev_iou, box3d_iou, footprints, image_overlap
+from bevkd.eval.kitti_iou import bev_iou, box3d_iou, footprints, image_overlap
 
 
 def _box(

@@ -14,9 +14,9 @@ from bevkd.datasets.kitti_boxes import objects_to_ego_boxes
 from bevkd.datasets.kitti_calib import read_object_calib
 from bevkd.datasets.kitti_labels import read_label
 from bevkd.datasets.kitti_lists import read_split_list, split_list_path
+from bevkd.eval.kitti_ap import DIFFICULTIES, evaluate_kitti, run, write_detections
 from bevkd.pipeline.config import load_config
 from bevkd.pipeline.geometry import box_corners
-from bevkd.stages.kitti_ap import DIFFICULTIES, evaluate_kitti, run, write_detections
 
 CLASSES = ("car", "pedestrian", "bicycle")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kitti" / "demo_lidar_teacher.yaml"

@@ -70,8 +70,8 @@ def test_a_drive_without_timestamps_says_so_once(root: Path, capsys: pytest.Capt
 
 
 def test_kitti_sampling_is_a_config_key_and_an_evaluate_option(root: Path, tmp_path: Path) -> None:
+    from bevkd.eval.kitti_ap import write_detections
     from bevkd.pipeline.cli import cli
-    from bevkd.stages.kitti_ap import write_detections
 
     with pytest.raises(ConfigError, match=r"eval\.kitti_sampling"):
         load_config(None, ["eval.kitti_sampling=r41"])

@@ -1,6 +1,7 @@
-"""DESIGN.md's import table (section "Layout"), enforced by reading the source.
+"""The import table of docs/design.md (section "Layout", from DESIGN.md's with the eval/ and
+viz/ folders added), enforced by reading the source.
 
-Every ``.py`` file of the six package folders is parsed with :mod:`ast`; every import in it
+Every ``.py`` file of the eight package folders is parsed with :mod:`ast`; every import in it
 counts, wherever it sits: module level, inside a function (a lazy import is still a
 dependency), under ``if TYPE_CHECKING:``. Each import of a bevkd module (``bevkd.<folder>...``,
 ``from bevkd import <folder>`` or a relative import) is checked against :data:`TABLE`, and
@@ -23,6 +24,15 @@ How the table's words are read here:
   dataset boundary, ``datasets/frame.py`` (``Frame``, ``Sample``, ``Batch``, ``collate``) and
   ``datasets/student_batch.py`` (``StudentBatch``, ``Targets``). Not the readers, the
   augmentation or the loaders.
+- **models' record types**, what eval may import of models: ``models/outputs.py``
+  (``Detections``, ``TeacherOutput``), the networks' typed outputs. A metric scores detections;
+  it never builds or runs a network (``stages/predict.py`` does, and hands the detections on).
+- **eval/ and viz/** are leaf-ish folders that the steps and the CLI import, and that never
+  import stages or the CLI; the top of pipeline imports them only inside a function, like
+  stages, so ``bevkd --help`` never loads a metric's scipy, shapely or devkit.
+- **stages/ holds steps only**: every module of ``stages/`` is a step (:data:`STAGE_STEPS`,
+  each with its entry point) or a helper that another module of stages imports
+  (:data:`STAGE_HELPERS`); a metric or a figure goes to eval/ or viz/.
 - **spconv (teacher files only, lazily)**: only the files of :data:`SPCONV_FILES` (the LiDAR
   teacher's voxel encoder and its CPU fallback) import spconv. "Lazily" is judged from the
   outside: a module that imports spconv at module level (``sparse_encoder.py``) may itself be
@@ -64,16 +74,19 @@ STORAGE_READER_SIDE = (
 # The typed records at the dataset boundary (DESIGN.md: Frame, StudentBatch).
 RECORD_TYPES = ("datasets.frame", "datasets.student_batch")
 
+# The networks' typed outputs (Detections, TeacherOutput): what eval may import of models.
+MODEL_RECORD_TYPES = ("models.outputs",)
+
 
 @dataclass(frozen=True)
 class Row:
-    """One row of DESIGN.md's table, as this test enforces it."""
+    """One row of docs/design.md's table, as this test enforces it."""
 
     # bevkd modules the folder may import, without the ``bevkd.`` prefix; an entry covers its
     # submodules, "*" covers everything. Each row names its own folder (pipeline's leaves
     # name only the leaves: a leaf importing pipeline.cluster is as wrong as storage doing it).
     may_import: tuple[str, ...]
-    # DESIGN.md's words for the row, quoted in every message.
+    # docs/design.md's words for the row, quoted in every message.
     design: str
     # bevkd modules it may import only inside a function.
     lazy_only: tuple[str, ...] = ()
@@ -83,8 +96,8 @@ class Row:
     spconv_files: tuple[str, ...] = ()
 
 
-# DESIGN.md's import table, row by row. Keyed by importer group (see group_of).
-# No row is looser than DESIGN.md: where the code broke the table, the code was changed.
+# docs/design.md's import table, row by row. Keyed by importer group (see group_of).
+# No row is looser than the table: where the code broke the table, the code was changed.
 TABLE: dict[str, Row] = {
     "pipeline (leaf)": Row(
         # Leaves may import each other (config uses geometry's grid): "no bevkd folder"
@@ -102,8 +115,8 @@ TABLE: dict[str, Row] = {
     "pipeline (top)": Row(
         may_import=("*",),
         design="pipeline/ (cli, commands, options, cluster, distributed): everything, "
-        "stages only inside each command",
-        lazy_only=("stages",),
+        "stages, eval and viz only inside each command",
+        lazy_only=("stages", "eval", "viz"),
     ),
     "stages": Row(
         may_import=(
@@ -112,12 +125,33 @@ TABLE: dict[str, Row] = {
             "datasets",
             "distill",
             "storage",
+            "eval",
+            "viz",
             *PIPELINE_LEAVES,
             "pipeline.cluster",
             "pipeline.distributed",
         ),
-        design="stages/ may import models, datasets, distill, storage, pipeline leaves, "
-        "pipeline.cluster/distributed",
+        design="stages/ may import models, datasets, distill, storage, eval, viz, pipeline "
+        "leaves, pipeline.cluster/distributed",
+    ),
+    "eval": Row(
+        may_import=(
+            "eval",
+            "datasets",
+            *MODEL_RECORD_TYPES,
+            *STORAGE_READER_SIDE,
+            *PIPELINE_LEAVES,
+        ),
+        design="eval/ may import numpy, torch, scipy, shapely, devkit, datasets, models' record "
+        "types (outputs), storage (reader side), pipeline leaves; never stages or the CLI",
+        forbidden=(("click", "eval/: no click (the CLI lives in pipeline/)"),),
+    ),
+    "viz": Row(
+        # storage.show draws a store's cached boxes; the detection figures reuse its drawing.
+        may_import=("viz", "datasets", *STORAGE_READER_SIDE, "storage.show", *PIPELINE_LEAVES),
+        design="viz/ may import numpy, matplotlib, datasets, storage (reader side, show), "
+        "pipeline leaves; never stages or the CLI",
+        forbidden=(("click", "viz/: no click (the CLI lives in pipeline/)"),),
     ),
     "storage": Row(
         may_import=("storage", *PIPELINE_LEAVES),
@@ -151,6 +185,31 @@ TABLE: dict[str, Row] = {
 }
 
 SPCONV_FILES = tuple(f for row in TABLE.values() for f in row.spconv_files)
+
+# stages/ holds the steps only: module -> its entry point (what the command or a step runs)...
+STAGE_STEPS = {
+    "make_demo_data": "run",
+    "train_teacher": "run",
+    "cache_teacher": "run",
+    "train_student": "run",
+    "import_teacher": "run",
+    "demo": "run_demo",
+    "predict": "evaluate_model",  # `bevkd evaluate --checkpoint`, the training steps' last act
+}
+# ... and the helpers of those steps -> the step they serve. Each is imported by another module
+# of stages; what a step merely calls (a metric, a figure) has its own folder.
+STAGE_HELPERS = {
+    "cache_plan": "cache_teacher",
+    "cache_resume": "cache_teacher",
+    "teacher_runner": "cache_teacher",
+    "teacher_checks": "cache_teacher",
+    "custom_teacher": "cache_teacher",
+    "loop": "train_teacher, train_student",
+    "student_contract": "train_student",
+    "online_teacher": "train_student",
+    "demo_students": "demo",
+    "run_ledger": "demo",
+}
 SPCONV_PACKAGES = ("spconv", "cumm")  # cumm is spconv's runtime
 
 # Every top-level folder holding Python, and whether this test checks it.
@@ -161,6 +220,8 @@ FOLDERS = {
     "datasets": True,
     "models": True,
     "distill": True,
+    "eval": True,
+    "viz": True,
     "benchmarks": False,  # everything
     "tests": False,  # everything
 }
@@ -323,7 +384,7 @@ def check_repo() -> list[Violation]:
 
 def test_the_code_keeps_designs_import_table() -> None:
     violations = check_repo()
-    assert not violations, "imports that break DESIGN.md's table:\n" + "\n".join(
+    assert not violations, "imports that break docs/design.md's table:\n" + "\n".join(
         map(str, violations)
     )
 
@@ -349,6 +410,34 @@ def test_the_table_names_real_modules() -> None:
     missing = sorted(name for name in named if not _is_module(name))
     assert not missing, f"the table names modules that do not exist: {missing}"
     assert all((ROOT / path).is_file() for path in SPCONV_FILES)
+
+
+def test_stages_holds_steps_and_their_helpers_only() -> None:
+    files = {
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for p in (ROOT / "stages").rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    found = {module_name(path).removeprefix("stages.") for path in files}
+    listed = set(STAGE_STEPS) | set(STAGE_HELPERS)
+    assert not found - listed, (
+        f"stages/ holds modules that are neither a step nor a step's helper: "
+        f"{sorted(found - listed)}; a metric goes to eval/, a figure to viz/, or list it in "
+        "STAGE_STEPS / STAGE_HELPERS"
+    )
+    assert not listed - found, f"listed but not in stages/: {sorted(listed - found)}"
+    for step, entry in STAGE_STEPS.items():
+        tree = ast.parse(files[f"stages/{step}.py"])
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert entry in defined, f"stages/{step}.py: no {entry}(), the step's entry point"
+    imported = {
+        imp.target.removeprefix("stages.")
+        for path, source in files.items()
+        for imp in _imports(path, source)
+        if imp.internal and imp.target.startswith("stages.") and imp.target != module_name(path)
+    }
+    unused = sorted(set(STAGE_HELPERS) - imported)
+    assert not unused, f"helpers no module of stages/ imports (not a step's helper): {unused}"
 
 
 def test_the_spconv_carrier_is_seen() -> None:
@@ -439,6 +528,33 @@ def test_a_storage_module_importing_pipeline_cluster_fails() -> None:
             "only inside a function",
         ),
         ("stages/x.py", "import spconv.pytorch as spconv\n", "teacher files only"),
+        # eval/ and viz/ never import the steps or the CLI
+        (
+            "eval/x.py",
+            "from bevkd.stages.predict import predict\n",
+            "eval may not import bevkd.stages",
+        ),
+        (
+            "eval/x.py",
+            "def f():\n    from bevkd.pipeline.options import resolve\n",
+            "eval may not import bevkd.pipeline.options",
+        ),
+        (
+            "eval/x.py",
+            "from bevkd.models.builders import build_model\n",
+            "models' record types (outputs)",
+        ),
+        ("eval/x.py", "from bevkd.storage.writer import StoreWriter\n", "storage (reader side)"),
+        ("eval/x.py", "import click\n", "eval/: no click"),
+        ("viz/x.py", "from bevkd.stages import loop\n", "viz may not import bevkd.stages.loop"),
+        ("viz/x.py", "from bevkd.eval.kitti_ap import run\n", "viz may not import bevkd.eval"),
+        ("storage/x.py", "from bevkd.eval import verdicts\n", "storage may not import bevkd.eval"),
+        ("datasets/x.py", "from bevkd.viz.draw import draw_bev\n", "datasets may not import"),
+        (
+            "pipeline/commands/x.py",
+            "from bevkd.eval.kitti_ap import format_table\n",
+            "only inside a function",
+        ),
         ("models/head.py", "def f():\n    import spconv\n", "teacher files only"),
         (
             "models/builders.py",
@@ -476,6 +592,17 @@ def test_the_checker_fails_on(relpath: str, source: str, expected: str) -> None:
             "import click\ndef run():\n    from bevkd.stages.demo import run_demo\n",
         ),
         ("models/sparse_encoder.py", "import spconv.pytorch as spconv\n"),
+        (
+            "eval/x.py",
+            "import torch\nfrom bevkd.datasets.kitti import kitti_roots\n"
+            "from bevkd.models.outputs import Detections\nfrom bevkd.storage.reader import open_store\n",
+        ),
+        ("viz/x.py", "from bevkd.storage.show import draw_bev_boxes\n"),
+        (
+            "stages/x.py",
+            "from bevkd.eval.detections import evaluate_detections\nfrom bevkd.viz import plots\n",
+        ),
+        ("pipeline/commands/x.py", "def run():\n    from bevkd.eval import store_boxes\n"),
         (
             "models/builders.py",
             "def f():\n    from bevkd.models.sparse_encoder import SparseEncoder\n",

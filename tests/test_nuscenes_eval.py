@@ -14,13 +14,13 @@ from pyquaternion import Quaternion
 
 from bevkd.datasets.frame import Frame
 from bevkd.datasets.nuscenes_index import load_index
+from bevkd.eval.nuscenes import class_ranges, run
+from bevkd.eval.nuscenes_results import detections_to_results, gt_to_results, write_results
 from bevkd.models.outputs import Detections
 from bevkd.pipeline.cli import main
 from bevkd.pipeline.config import Config, DataConfig, EvalConfig, GridConfig
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import NUSCENES_CLASSES
-from bevkd.stages.evaluate import class_ranges, run
-from bevkd.stages.nuscenes_results import detections_to_results, gt_to_results, write_results
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_bevkd_metrics_equal_the_plain_devkits(
     same with the unpatched devkit, reading the split as a custom name from splits.json."""
     from nuscenes.eval.detection.evaluate import DetectionEval
 
-    from bevkd.stages.evaluate import detection_config
+    from bevkd.eval.nuscenes import detection_config
 
     rng = np.random.default_rng(0)
     detections = []

@@ -26,8 +26,8 @@ def report() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def few_labels() -> Iterator[Any]:
-    yield from benchmark_module("few_labels")
+def doc_blocks() -> Iterator[Any]:
+    yield from benchmark_module("doc_blocks")
 
 
 def _reader(frames: int, wall_s: float, latencies_ms: list[float],
@@ -115,18 +115,18 @@ def test_the_answer_takes_each_sources_best_reader(report: Any) -> None:
 
 
 def test_the_block_between_begin_and_end_is_replaced_and_nothing_else(
-    few_labels: Any, tmp_path: Path
+    doc_blocks: Any, tmp_path: Path
 ) -> None:
     page = tmp_path / "reliability.md"
     page.write_text(
         "# Title\n\nbefore\n\n<!-- store-load:begin -->\nold\n<!-- store-load:end -->\nafter\n"
     )
-    few_labels.write_block(page, "store-load", "new\n", marks=("begin", "end"))
+    doc_blocks.write_block(page, "store-load", "new\n", marks=("begin", "end"))
     assert page.read_text() == (
         "# Title\n\nbefore\n\n<!-- store-load:begin -->\nnew\n<!-- store-load:end -->\nafter\n"
     )
     fresh = tmp_path / "fresh.md"
-    few_labels.write_block(fresh, "store-load", "new\n", marks=("begin", "end"), title="# T")
+    doc_blocks.write_block(fresh, "store-load", "new\n", marks=("begin", "end"), title="# T")
     assert fresh.read_text() == "# T\n\n<!-- store-load:begin -->\nnew\n<!-- store-load:end -->\n"
 
 

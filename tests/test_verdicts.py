@@ -1,4 +1,4 @@
-"""stages/verdicts.py against expectations worked out independently of it: Welch's t by its
+"""eval/verdicts.py against expectations worked out independently of it: Welch's t by its
 textbook formulas, Holm's adjusted p's by hand, the detectable difference against Cohen's
 power tables, the normal approximation and a simulation."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bevkd.stages.verdicts import (
+from bevkd.eval.verdicts import (
     detectable_difference,
     family_line,
     holm,

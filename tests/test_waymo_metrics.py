@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bevkd.stages import waymo_iou
-from bevkd.stages.waymo_ap import mean_average_precision
-from bevkd.stages.waymo_metrics import (
+from bevkd.eval import waymo_iou
+from bevkd.eval.waymo_ap import mean_average_precision
+from bevkd.eval.waymo_metrics import (
     CAMERA_LET_3D,
     DETECTION_3D,
     FrameBoxes,

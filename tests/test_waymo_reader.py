@@ -43,13 +43,6 @@ RANGE_QUANTUM = 1e-4  # m: float32 ranges up to 75 m (ulp < 1e-5) through float6
 
 
 @pytest.fixture(scope="module")
-def tiny_waymo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny_waymo")
-    generate(root, preset="tiny", seed=SEED, fmt="waymo")
-    return root
-
-
-@pytest.fixture(scope="module")
 def training(tiny_waymo: Path) -> list[Frame]:
     return waymo.load_waymo_frames(str(tiny_waymo), "training")
 

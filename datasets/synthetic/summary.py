@@ -29,8 +29,8 @@ class DatasetSummary:
 
 
 def summarize(root: Path | str, fmt: str) -> DatasetSummary:
-    """Count the keyframes, sweeps and annotations (nuScenes) or object/raw frames and labels
-    (KITTI) under ``root``."""
+    """Count the keyframes, sweeps and annotations (nuScenes), object/raw frames and labels
+    (KITTI) or segments, frames and ``lidar_box`` rows by type (Waymo v2) under ``root``."""
     root = Path(root)
     out = DatasetSummary(fmt)
     if fmt == "nuscenes":
@@ -57,6 +57,8 @@ def summarize(root: Path | str, fmt: str) -> DatasetSummary:
         for ann in json.loads((tables / "sample_annotation.json").read_text()):
             out.boxes[_DETECTION[instance[ann["instance_token"]]]] += 1
         return out
+    if fmt == "waymo":
+        return _waymo(root, out)
     sets = root / "object" / "ImageSets"
     for name in ("train", "val", "test"):
         text = (sets / f"{name}.txt").read_text()
@@ -64,4 +66,20 @@ def summarize(root: Path | str, fmt: str) -> DatasetSummary:
     out.frames["raw"] = len((sets / "eigen_clean.txt").read_text().splitlines())
     for label in sorted((root / "object" / "training" / "label_2").glob("*.txt")):
         out.boxes.update(line.split(" ", 1)[0] for line in label.read_text().splitlines())
+    return out
+
+
+def _waymo(root: Path, out: DatasetSummary) -> DatasetSummary:
+    import pyarrow.parquet as pq
+
+    from bevkd.datasets import waymo_schema as ws
+
+    type_names = {number: name for name, number in ws.BOX_TYPES.items()}
+    for split in sorted(p.name for p in root.iterdir() if (p / ws.VEHICLE_POSE).is_dir()):
+        segments = sorted((root / split / ws.VEHICLE_POSE).glob("*.parquet"))
+        out.frames[f"{split} segments"] = len(segments)
+        out.frames[f"{split} frames"] = sum(pq.read_metadata(s).num_rows for s in segments)
+        for boxes in sorted((root / split / ws.LIDAR_BOX).glob("*.parquet")):
+            types = pq.read_table(boxes, columns=[ws.BOX_TYPE]).column(0).to_pylist()
+            out.boxes.update(type_names.get(t, str(t)) for t in types)
     return out

@@ -31,27 +31,30 @@ import click
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["nuscenes", "kitti"]),
+    type=click.Choice(["nuscenes", "kitti", "waymo"]),
     default="nuscenes",
     show_default=True,
-    help="nuScenes v1.0-trainval dataroot, or KITTI object/ + raw/ layouts.",
+    help="nuScenes v1.0-trainval dataroot, KITTI object/ + raw/ layouts, or a Waymo Open "
+    "Dataset v2 root ({training,validation}/<component>/<segment>.parquet).",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace a different synthetic dataset already in --out."
 )
 def command(out: str, preset: str, seed: int, fmt: str, overwrite: bool) -> None:
-    """Write the synthetic driving world in the real nuScenes or KITTI on-disk format.
+    """Write the synthetic driving world in the real nuScenes, KITTI or Waymo v2 on-disk format.
 
     Scenes of a flat town (roads with lanes, parked and moving vehicles, pedestrians,
     cyclists, construction zones, buildings) seen by a nuScenes-like car (LIDAR_TOP + six
-    cameras; keyframes at 2 Hz annotated, sweeps between them unannotated) or a KITTI-like
-    car (left colour camera + HDL-64E). nuscenes-devkit and the bevkd readers load the
+    cameras; keyframes at 2 Hz annotated, sweeps between them unannotated), a KITTI-like
+    car (left colour camera + HDL-64E) or a Waymo-like car (TOP laser range images + FRONT
+    camera, v2 parquet components). nuscenes-devkit and the bevkd readers load the
     result as the real dataset. See datasets/synthetic/README.md.
 
     \b
     Examples:
       bevkd make-demo-data --out work/demo/data
       bevkd make-demo-data --out work/kitti --format kitti --preset tiny
+      bevkd make-demo-data --out work/demo/waymo --format waymo
     """
     from bevkd.datasets.synthetic.summary import summarize
     from bevkd.stages.make_demo_data import run

@@ -1,4 +1,5 @@
-"""``bevkd evaluate``: score detections (nuScenes devkit, or KITTI AP|R40) from a results file,
+"""``bevkd evaluate``: score detections (nuScenes devkit, KITTI AP|R40, or Waymo AP/APH and
+LET-3D-AP) from a results file,
 a checkpoint run over the split, or a teacher store's cached boxes."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,7 +23,7 @@ from bevkd.pipeline.options import config_options, resolve
     "results_path",
     default=None,
     type=click.Path(),
-    help="nuScenes results JSON, or a KITTI results directory.",
+    help="nuScenes results JSON, a KITTI results directory, or a bevkd waymo_results.json.",
 )
 @click.option(
     "--checkpoint",
@@ -58,8 +60,9 @@ from bevkd.pipeline.options import config_options, resolve
     "--format",
     "fmt",
     default=None,
-    type=click.Choice(["nuscenes", "kitti"]),
-    help="Dataset format (default: data.format).",
+    type=click.Choice(["nuscenes", "kitti", "waymo"]),
+    help="Dataset format (default: data.format); it picks the metric: the nuScenes devkit, "
+    "KITTI AP|R40, or Waymo's AP/APH L1/L2 and LET-3D-AP/APH/APL.",
 )
 @click.option("--render-curves", is_flag=True, help="Also draw the devkit's PR/TP curves (slow).")
 @click.option("--kitti-sampling", type=click.Choice(["exact", "devkit"]), default=None,
@@ -98,6 +101,7 @@ def command(
       bevkd evaluate --store work/demo/teacher.zarr --set eval.eval_set=train
       bevkd evaluate --store work/demo/teacher.zarr --score-threshold 0.1,0.3,0.5
       bevkd evaluate --checkpoint work/demo/kitti/student_cmkd/best.pt --kitti-sampling devkit
+      bevkd evaluate --checkpoint work/demo/waymo/student_cmkd/best.pt
     """
     if kitti_sampling:
         overrides = (*overrides, f"eval.kitti_sampling={kitti_sampling}")
@@ -121,15 +125,28 @@ def command(
     results = Path(results_path)
     out = Path(out_dir) if out_dir else results.parent / f"eval_{results.stem}"
     if cfg.data.format == "kitti":
-        kitti_ap = importlib.import_module("bevkd.stages.kitti_ap")
+        kitti_ap = importlib.import_module("bevkd.eval.kitti_ap")
         _print(kitti_ap.run(cfg, results, out))
         click.echo(f"saved to {out}")
         return
-    from bevkd.stages.evaluate import run
+    if cfg.data.format == "waymo":
+        _print(_evaluate_waymo_results(cfg, results, out))
+        click.echo(f"saved metrics.json and summary.md to {out}")
+        return
+    from bevkd.eval.nuscenes import run
 
     summary = run(cfg, results, out)
     _print(summary)
     click.echo(f"saved metrics.json and summary.md to {out}")
+
+
+def _evaluate_waymo_results(cfg: Any, results: Path, out: Path) -> dict:
+    from bevkd.datasets.dataset import load_frames
+    from bevkd.eval import waymo
+
+    frames = load_frames(cfg, cfg.eval.eval_set)
+    detections, classes = waymo.read_results(results, frames)
+    return waymo.evaluate(cfg, frames, detections, out, classes)
 
 
 def _evaluate_checkpoint(
@@ -167,33 +184,33 @@ def _evaluate_store(
     cfg_args: tuple[str | None, tuple[str, ...], str | None, str | None, bool],
     out_dir: str | None,
 ) -> None:
-    from bevkd.stages import evaluate_store
+    from bevkd.eval import store_boxes
     from bevkd.storage.reader import open_store
 
     config_path, overrides, data_root, fmt, render_curves = cfg_args
     store = open_store(url)
-    cfg = with_data_root(evaluate_store.store_config(store, config_path, overrides), data_root, fmt)
+    cfg = with_data_root(store_boxes.store_config(store, config_path, overrides), data_root, fmt)
     if render_curves:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, render_curves=True))
     out = (
         Path(out_dir)
         if out_dir
-        else evaluate_store.default_out_dir(url, cfg.eval.eval_set, field, thresholds)
+        else store_boxes.default_out_dir(url, cfg.eval.eval_set, field, thresholds)
     )
     if len(thresholds) == 1:
-        summary = evaluate_store.evaluate_store(cfg, store, field, out, thresholds[0])
+        summary = store_boxes.evaluate_store(cfg, store, field, out, thresholds[0])
         click.echo(f"detections: {summary['source']}")
         _skipped(summary["store"]["skipped_frames"])
         _print(summary)
         click.echo(f"saved to {out}")
         return
-    results = evaluate_store.sweep(cfg, store, field, thresholds, out)
+    results = store_boxes.sweep(cfg, store, field, thresholds, out)
     first = next(iter(results.values()))
     click.echo(
         f"store {url}, field {field}, '{cfg.eval.eval_set}' ({first['store']['num_frames']} frames)"
     )
     _skipped(first["store"]["skipped_frames"])
-    click.echo(evaluate_store.sweep_table(results))
+    click.echo(store_boxes.sweep_table(results))
     click.echo(f"saved sweep.json and score_<T>/ to {out}")
 
 
@@ -205,8 +222,13 @@ def _skipped(skipped: dict[str, str]) -> None:
 
 
 def _print(summary: dict) -> None:
+    if summary.get("metric") == "waymo":
+        from bevkd.eval.waymo import summary_text
+
+        click.echo(summary_text(summary))
+        return
     if "mAP" not in summary:  # KITTI AP|R40
-        from bevkd.stages.kitti_ap import format_table
+        from bevkd.eval.kitti_ap import format_table
 
         click.echo(format_table(summary))
         return

@@ -32,6 +32,11 @@ def command(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
 
 def print_metrics(metrics: dict) -> None:
+    if metrics.get("metric") == "waymo":
+        from bevkd.eval.waymo import summary_text
+
+        click.echo(summary_text(metrics))
+        return
     if "mAP" in metrics:
         click.echo(f"mAP {metrics['mAP']:.4f}  NDS {metrics['NDS']:.4f}")
         for name, ap in metrics.get("class_ap", {}).items():

@@ -1,4 +1,4 @@
-"""The detection figures (``bevkd.stages.draw``) on real synthetic nuScenes / KITTI frames, and
+"""The detection figures (``bevkd.viz.draw``) on real synthetic nuScenes / KITTI frames, and
 the camera projection against a hand computation."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bevkd.datasets.frame import Frame
 from bevkd.pipeline.config import load_config
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import NUSCENES_CLASSES
-from bevkd.stages.draw import draw_bev, draw_cameras, in_view, project_box_corners
+from bevkd.viz.draw import draw_bev, draw_cameras, in_view, project_box_corners
 
 DEEPSKYBLUE = (0, 191, 255)
 LIME = (0, 255, 0)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bevkd.datasets.nuscenes import SPLITS_FILE, open_nuscenes, read_splits
+from bevkd.eval.nuscenes_results import detections_to_results, gt_to_results, write_results
 from bevkd.pipeline.config import Config, config_sha256, save_resolved
 from bevkd.pipeline.errors import DataError
 from bevkd.pipeline.geometry import NUSCENES_CLASSES
-from bevkd.stages.nuscenes_results import detections_to_results, gt_to_results, write_results
 
 __all__ = [
     "class_ranges",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bevkd.datasets.kitti_labels import KittiObject
-from bevkd.stages.kitti_match import Packed, pack, threshold_events, tp_scores
+from bevkd.eval.kitti_match import Packed, pack, threshold_events, tp_scores
 
 DIFFICULTIES = ("easy", "moderate", "hard")
 MIN_HEIGHT = (40.0, 25.0, 25.0)

@@ -1,7 +1,8 @@
 """Score a teacher store's cached boxes as if they were a detector's output.
 
 That is the pseudo-labels' own quality, measured exactly like a checkpoint's detections
-(:func:`bevkd.stages.predict.evaluate_detections`: the nuScenes devkit, or KITTI AP|R40).
+(:func:`bevkd.eval.detections.evaluate_detections`: the nuScenes devkit, KITTI AP|R40, or Waymo
+AP/APH and LET-3D-AP).
 
 - Frames: the labelled frames of ``cfg.eval.eval_set`` (every key frame of a nuScenes split,
   which the devkit requires; the object frames of a KITTI list). Each must be in the store: one
@@ -152,7 +153,7 @@ def score(
     The summary is the checkpoint path's, plus ``"source"`` (a line saying what was scored) and
     ``"store"`` (url, field, threshold, box count, skipped frames).
     """
-    from bevkd.stages.predict import evaluate_detections
+    from bevkd.eval.detections import evaluate_detections
     from bevkd.storage.fields import teacher_writing
 
     kept = [above(d, score_threshold) for d in boxes.detections]
@@ -207,7 +208,7 @@ def sweep(
     results = {
         t: score(cfg, boxes, out / f"score_{t:g}", t) for t in sorted(float(t) for t in thresholds)
     }
-    headline = ("mAP", "NDS", "class_ap", "ap", "num_gt")
+    headline = ("mAP", "NDS", "class_ap", "ap", "num_gt", "mean", "LET")
     table = [
         {
             "score_threshold": t,
@@ -243,12 +244,20 @@ def default_out_dir(url: str, eval_set: str, field: str, thresholds: Sequence[fl
 
 
 def sweep_table(results: dict[float, dict[str, Any]]) -> str:
-    """One line per threshold: box count and mAP / NDS (nuScenes) or moderate 3D AP (KITTI)."""
+    """One line per threshold: box count and mAP / NDS (nuScenes), moderate 3D AP (KITTI) or
+    mAPH and LET-3D-APL (Waymo)."""
     lines = []
     for t, s in results.items():
         head = f"score >= {t:<6g} {s['store']['num_boxes']:>7} boxes"
         if "mAP" in s:
             lines.append(f"{head}  mAP {s['mAP']:.4f}  NDS {s['NDS']:.4f}")
+            continue
+        if s.get("metric") == "waymo":
+            mean = s["mean"]
+            lines.append(
+                f"{head}  mAPH L1 {mean['L1']['APH']:.4f}  L2 {mean['L2']['APH']:.4f}  "
+                f"LET-3D-APL {s['LET']['mean']['APL']:.4f}"
+            )
             continue
         cells = [
             f"{cls} {'-' if v['3d']['moderate'] is None else format(v['3d']['moderate'], '.2f')}"

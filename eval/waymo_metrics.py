@@ -6,8 +6,8 @@ Transcribed from waymo-open-dataset 1.6.7 (commit 99a4cb3 of
 github.com/waymo-research/waymo-open-dataset, the source of the pip wheel of that version; paths
 under ``src/waymo_open_dataset/``). ``tests/test_waymo_metrics.py`` checks the numbers against
 the official C++ op run on hand-made frames (``tests/data/waymo_metrics/``). The box terms
-(IoU, LET-IoU, longitudinal affinity, heading accuracy) are in :mod:`bevkd.stages.waymo_iou`,
-the precision/recall curves and their area in :mod:`bevkd.stages.waymo_ap`.
+(IoU, LET-IoU, longitudinal affinity, heading accuracy) are in :mod:`bevkd.eval.waymo_iou`,
+the precision/recall curves and their area in :mod:`bevkd.eval.waymo_ap`.
 
 **Ground truth** (``metrics/tools/compute_detection_metrics_main.cc`` ``Compute``, lines
 137-153; the op itself takes the levels as given): a box with ``num_lidar_points_in_box <= 0``
@@ -48,7 +48,7 @@ least 0.5 m, sensor (the cameras' mean location) at (1.43, 0, 2.18) in the vehic
   LEVEL_1, not missed.
 
 **Curves** (``ToDetectionMetrics`` and ``metrics_utils.cc`` ``ComputeMeanAveragePrecision``,
-transcribed in :mod:`bevkd.stages.waymo_ap`), on the counts summed over frames: per cutoff
+transcribed in :mod:`bevkd.eval.waymo_ap`), on the counts summed over frames: per cutoff
 ``P = TP / (TP + FP)``, APH's ``sum_ha / (TP + FP)``, APL's ``sum_la / (TP + FP)``, recall
 ``TP / (TP + FN)``; precision made monotonic from high recall down, points added every 0.05 of
 recall, area by trapezoids. A class without ground truth gets AP 0, as the op reports it.
@@ -67,8 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevkd.datasets.waymo import WAYMO_TO_BEVKD
-from bevkd.stages import waymo_iou
-from bevkd.stages.waymo_ap import curve_metrics
+from bevkd.eval import waymo_iou
+from bevkd.eval.waymo_ap import curve_metrics
 
 WAYMO_TYPES = {"VEHICLE": 1, "PEDESTRIAN": 2, "SIGN": 3, "CYCLIST": 4}  # label.proto Label.Type
 CLASSES = ("VEHICLE", "PEDESTRIAN", "CYCLIST")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevkd.datasets.kitti_labels import KittiObject
-from bevkd.stages.kitti_iou import (
+from bevkd.eval.kitti_iou import (
     bev_intersection_pairs,
     bev_iou_pairs,
     box3d_iou_pairs,
