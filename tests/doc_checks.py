@@ -103,11 +103,9 @@ def links(text: str) -> Iterator[tuple[int, str]]:
 # ------------------------------------------------------------------------------------------
 
 
-def broken_links(page: Path, text: str, pending: frozenset[str] = frozenset()) -> list[str]:
+def broken_links(page: Path, text: str) -> list[str]:
     """Every relative link of ``page`` (its ``text``) that does not resolve: a missing file, or
-    an anchor that is not a heading of its page under both slug rules. ``pending``: pages
-    (repository paths) that others are writing; a link to one of them passes while it is
-    absent."""
+    an anchor that is not a heading of its page under both slug rules."""
     problems = []
     for number, target in links(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
@@ -116,8 +114,7 @@ def broken_links(page: Path, text: str, pending: frozenset[str] = frozenset()) -
         where = page if not path_part else (page.parent / path_part).resolve()
         name = rel(where)
         if not where.exists():
-            if name not in pending:
-                problems.append(f"{rel(page)}:{number}: link to {target}: {name} does not exist")
+            problems.append(f"{rel(page)}:{number}: link to {target}: {name} does not exist")
             continue
         if anchor and where.suffix == ".md":
             target_text = text if where == page else where.read_text()
