@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: on this machine it is the local CPU wheel, so nothing pulls CUDA.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,docs]'
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install bevkd (fast when nothing changed)
@@ -76,7 +76,6 @@ demo: setup  ## run the whole pipeline on the embedded synthetic default
 	$(BEVKD) demo --out $(OUT)
 
 docs: setup  ## regenerate docs/recipes.md (and the README's demo table, after make demo); build the manual into work/site
-	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[docs]'
 	$(BIN)/python benchmarks/docs_recipes.py
 	test ! -f $(OUT)/results.md || $(BIN)/python benchmarks/demo_readme.py --results $(OUT)/results.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d work/site

@@ -15,8 +15,21 @@ from bevkd.stages.teacher_runner import wanted_features
 from bevkd.storage.fields import TEACHER_FIELDS, teacher_writing
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-STUDENT_CONFIGS = sorted(CONFIGS.glob("*/student_*.yaml"))
-CACHE_OF = {"demo": "cache.yaml", "nuscenes": "cache.yaml", "kitti": "demo_cache.yaml"}
+STUDENT_CONFIGS = sorted(
+    [*CONFIGS.glob("*/student_*.yaml"), *CONFIGS.glob("*/demo_student_*.yaml")]
+)
+CACHE_OF = {
+    "demo": "cache.yaml",
+    "nuscenes": "cache.yaml",
+    "kitti": "demo_cache.yaml",
+    "waymo": "cache.yaml",
+}
+
+
+def cache_of(student: Path) -> Path:
+    """The cache config of a student's folder (``demo_cache.yaml`` for a ``demo_`` student)."""
+    name = "demo_cache.yaml" if student.name.startswith("demo_") else CACHE_OF[student.parent.name]
+    return CONFIGS / student.parent.name / name
 
 
 def test_every_recipe_has_a_demo_and_a_nuscenes_config() -> None:
@@ -38,7 +51,7 @@ def test_student_config_builds_and_reads_only_what_its_cache_writes(path: Path) 
     recipe = build_recipe(cfg)
     student = build_student(cfg)
     assert sum(p.numel() for p in student.parameters()) > 0
-    cache = load_config(str(CONFIGS / path.parent.name / CACHE_OF[path.parent.name]))
+    cache = load_config(str(cache_of(path)))
     written = set()
     for teacher in cache.cache.teachers:
         spec = TEACHER_FIELDS[teacher]
