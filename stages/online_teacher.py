@@ -30,7 +30,7 @@ from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
 from bevkd.pipeline.config import Config, DataConfig
 from bevkd.pipeline.errors import BevkdError
 from bevkd.storage.fields import TEACHER_FIELDS, TeacherFields, teacher_writing
-from bevkd.storage.schema import StoreContract
+from bevkd.storage.schema import StoreContract, field_grid
 
 # The data settings that decide what a teacher reads from a frame.
 POINT_SETTINGS = ("lidar_sweeps", "crop_points_to_camera")
@@ -221,9 +221,10 @@ class OnlineTeacher:
     first use."""
 
     def __init__(self, teachers: Mapping[str, nn.Module], fields: Iterable[str], contract: StoreContract,
-                 made: Mapping[str, Any] | None = None):  # fmt: skip
+                 made: Mapping[str, Any] | None = None, fov_only: bool = False):  # fmt: skip
         self.teachers = dict(teachers)
         self.contract = contract
+        self.fov_only = fov_only  # mask to the student's cameras, as CachedTargets does
         self.fields = teachers_for(fields, made)
         self.specs = {**TEACHER_FIELDS, **custom_fields(made or {})}
         self._device: torch.device | None = None
@@ -280,6 +281,30 @@ class OnlineTeacher:
                     for d in out.detections
                 ]  # fmt: skip
                 targets.present[spec.boxes] = present
+        return self._in_view(targets, batch) if self.fov_only else targets
+
+    def _in_view(self, targets: Targets, batch: StudentBatch) -> Targets:
+        """``targets`` masked frame by frame to what the student's cameras see: the numpy
+        :func:`bevkd.datasets.fov.mask_targets` the store path applies, so both agree."""
+        from bevkd.datasets import fov
+
+        specs = {name: self.contract.field(name) for name in [*targets.fields, *targets.boxes]}
+        kinds = {name: spec.kind for name, spec in specs.items()}
+        grids = {
+            n: field_grid(self.contract.grid, s) for n, s in specs.items() if s.kind != "boxes"
+        }
+        logits = [n for n, s in specs.items() if s.kind == "heatmap" and (s.heatmap_activation or "logits") == "logits"]  # fmt: skip
+        cam2img, cam2ego = batch.cam2img.cpu().numpy(), batch.cam2ego.cpu().numpy()
+        width = batch.images.shape[-1]
+        for i in range(batch.size):
+            frame = {n: v[i].cpu().numpy() for n, v in targets.fields.items()}
+            frame |= {n: rows[i].cpu().numpy() for n, rows in targets.boxes.items()}
+            masked = fov.mask_targets(frame, kinds, grids, cam2img[i], cam2ego[i],
+                                      [width] * len(cam2img[i]), logits)  # fmt: skip
+            for name, value in targets.fields.items():
+                value[i] = torch.from_numpy(masked[name]).to(value)
+            for name, rows in targets.boxes.items():
+                rows[i] = torch.from_numpy(masked[name]).to(rows[i])
         return targets
 
 
@@ -291,7 +316,8 @@ def prepare(cfg: Config, store: Any, fields: Iterable[str], samples: FrameDatase
     wanted = teachers_for(fields, made)
     loaded = load_online_teachers(store, wanted, dict(cfg.student.teacher_checkpoints), device)
     teacher_data = reader_settings(store, cfg.data)
-    online = OnlineTeacher({n: m for n, (m, _) in loaded.items()}, fields, store.contract, made)
+    online = OnlineTeacher({n: m for n, (m, _) in loaded.items()}, fields, store.contract, made,
+                           fov_only=cfg.data.fov_only)  # fmt: skip
     return online, TeacherViews(samples, teacher_data, own_views(wanted, cfg.data, teacher_data))
 
 

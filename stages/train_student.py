@@ -212,12 +212,6 @@ def build(cfg: Config, info: DistInfo) -> tuple[StudentObjective, Any]:
     if cfg.train.targets == "online":
         from bevkd.stages import online_teacher
 
-        if cfg.data.fov_only:
-            raise ConfigError(
-                "data.fov_only masks the targets read from the store; with train.targets=online "
-                "the teachers' targets are not masked: train from the store (train.targets=store)"
-            )
-
         online, views = online_teacher.prepare(cfg, store, recipe.expects, samples, info.device)
         if info.is_main:
             click.echo(f"[train-student] {online_teacher.describe(online, views)}")

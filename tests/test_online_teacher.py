@@ -468,3 +468,29 @@ def test_online_mode_is_a_config_choice() -> None:
     with pytest.raises(ConfigError, match=r"train\.targets"):
         load_config(None, ["train.targets=live"])
     assert dataclasses.asdict(load_config(None, []).train)["targets"] == "cached"
+
+
+def test_online_targets_are_masked_to_the_cameras_as_the_cached_ones(world: dict[str, Any]) -> None:
+    """data.fov_only: a student of the front camera; its online targets are the cached targets
+    masked to that camera's view (within the codec error), cells and boxes alike."""
+    cfg = _cfg(world, "data.fov_only=true", "data.cameras=[CAM_FRONT]")
+    store = open_store(world["url"])
+    fields = ["lidar_bev", "heatmap", "box_regression", "boxes"]
+    samples = FrameDataset(load_frames(cfg, "train"), cfg.data, train=False)
+    cached = CachedTargets(samples, world["url"], fields=fields, fov_only=True)
+    online, views = online_teacher.prepare(cfg, store, fields, samples, torch.device("cpu"))
+    assert online.fov_only
+    a, b = _both(cached, views, online, list(range(len(samples))))
+    error = store.attrs["codec_error"]
+    heat = a.targets.fields["heatmap"]
+    assert (heat == heat.flatten(2).amin(-1)[..., None, None]).any()  # masked cells exist
+    for name, value in a.targets.fields.items():
+        diff = float((b.targets.fields[name] - value).abs().max())
+        assert diff <= error[name]["max_abs"] * 1.001 + 1e-7, (name, diff)
+    kept = 0
+    for x, y in zip(a.targets.boxes["boxes"], b.targets.boxes["boxes"], strict=True):
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
+        kept += len(x)
+    unmasked = CachedTargets(samples, world["url"], fields=["boxes"])
+    every = sum(len(unmasked[i][1]["boxes"]) for i in range(len(samples)))
+    assert 0 < kept < every  # some of the teacher's boxes lie outside the front camera's view

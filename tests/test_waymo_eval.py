@@ -28,6 +28,7 @@ def _config(root: Path, *extra: str) -> Config:
         [
             "data.format=waymo", f"data.root={root}", "data.train_split=training",
             "data.val_split=validation", "data.unlabeled_split=training", "data.cameras=[FRONT]",
+            "eval.eval_set=validation",
             f"classes=[{','.join(CLASSES)}]", *extra,
         ],
     )  # fmt: skip
@@ -141,11 +142,11 @@ def test_evaluate_reads_back_a_waymo_results_file(tiny_waymo: Path, tmp_path: Pa
     results = waymo_eval.write_results(tmp_path / "waymo_results.json", frames, detections, CLASSES)
     out = tmp_path / "eval"
     args = ["evaluate", "--results", str(results), "--out", str(out), "--format", "waymo",
-            "--data", str(tiny_waymo), "--set", "data.val_split=validation",
+            "--data", str(tiny_waymo), "--set", "eval.eval_set=validation",
             "--set", "data.cameras=[FRONT]", "--set", f"classes=[{','.join(CLASSES)}]"]  # fmt: skip
     main(args)
     printed = capsys.readouterr().out
-    assert "Waymo val" in printed and "| mean |" in printed and "LET-APL" in printed
+    assert "Waymo validation" in printed and "| mean |" in printed and "LET-APL" in printed
     again = json.loads((out / "metrics.json").read_text())
     direct = evaluate_detections(cfg, frames, detections, tmp_path / "direct")
     for key in ("mean", "LET"):  # the file keeps boxes to 0.1 mm and 1e-4 rad
@@ -185,3 +186,16 @@ def test_no_tensorflow_anywhere() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_store_sweep_line_gives_waymos_headline(tiny_waymo: Path, tmp_path: Path) -> None:
+    from bevkd.eval.store_boxes import sweep_table
+
+    cfg = _config(tiny_waymo)
+    frames = load_frames(cfg, "val")
+    summary = evaluate_detections(cfg, frames, _perfect(frames), tmp_path)
+    line = sweep_table({0.3: {**summary, "store": {"num_boxes": 12}}})
+    mean = summary["mean"]
+    assert line.startswith("score >= 0.3") and " 12 boxes" in line
+    assert f"mAPH L1 {mean['L1']['APH']:.4f}  L2 {mean['L2']['APH']:.4f}" in line
+    assert f"LET-3D-APL {summary['LET']['mean']['APL']:.4f}" in line
