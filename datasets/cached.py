@@ -105,23 +105,11 @@ class CachedTargets(torch.utils.data.Dataset):
                 value, spec.kind, aug, grid, spec.channel_map, spec.heatmap_activation or "logits"
             )
             targets[name] = moved
-        if self.fov_only:
-            targets = _in_view(targets, store.contract, sample)
+        if self.fov_only:  # what the sample's cameras see (its augmented cam2ego)
+            view = fov.TargetView.of(store.contract, targets)
+            widths = [sample.images.shape[-1]] * len(sample.cam2img)
+            targets = view.mask(targets, sample.cam2img.numpy(), sample.cam2ego.numpy(), widths)
         return sample, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in targets.items()}
-
-
-def _in_view(targets: dict[str, np.ndarray], contract: StoreContract, sample: Any) -> dict[str, np.ndarray]:  # fmt: skip
-    """``targets`` masked to what the sample's cameras see (:func:`bevkd.datasets.fov.mask_targets`)."""
-    specs = {name: contract.field(name) for name in targets}
-    return fov.mask_targets(
-        targets,
-        kinds={name: spec.kind for name, spec in specs.items()},
-        grids={name: field_grid(contract.grid, spec) for name, spec in specs.items() if spec.kind != "boxes"},
-        cam2img=sample.cam2img.numpy(),
-        cam2ego=sample.cam2ego.numpy(),
-        widths=[sample.images.shape[-1]] * len(sample.cam2img),
-        logits=[n for n, s in specs.items() if s.kind == "heatmap" and (s.heatmap_activation or "logits") == "logits"],
-    )  # fmt: skip
 
 
 class StoreFrames(torch.utils.data.Dataset):

@@ -14,11 +14,15 @@ It works in the augmented ego frame too (``cam2ego`` already holds the BEV augme
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from bevkd.datasets.augment import intrinsics_4x4
+from bevkd.datasets.depth import project_points
 from bevkd.pipeline.geometry import BEVGrid
+from bevkd.storage.schema import StoreContract, field_grid
 
 MIN_DEPTH = 0.5  # metres in front of the camera; nearer points are behind its near plane
 
@@ -29,18 +33,15 @@ def visible(
     """``(N,)`` bool: ground points ``xy`` (N, 2) seen by at least one camera.
 
     ``cam2img``: (K, 3, 3) or (K, 4, 4) intrinsics of images ``widths[k]`` pixels wide;
-    ``cam2ego``: (K, 4, 4) camera -> ego (OpenCV camera axes: z forward)."""
+    ``cam2ego``: (K, 4, 4) camera -> ego (OpenCV camera axes: z forward), projected as the
+    depth maps are (:func:`bevkd.datasets.depth.project_points`)."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     seen = np.zeros(len(xy), dtype=bool)
-    for intrinsics, extrinsic, width in zip(
-        np.asarray(cam2img, np.float64), np.asarray(cam2ego, np.float64), widths, strict=True
-    ):
-        ego = np.column_stack([xy, np.full(len(xy), extrinsic[2, 3]), np.ones(len(xy))])
-        cam = (ego @ np.linalg.inv(extrinsic).T)[:, :3]
-        depth = cam[:, 2]
-        front = depth >= MIN_DEPTH
-        u = (cam @ intrinsics[:3, :3].T)[:, 0] / np.where(front, depth, 1.0)
-        seen |= front & (u >= 0) & (u < width)
+    for intrinsics, extrinsic, width in zip(cam2img, cam2ego, widths, strict=True):
+        extrinsic = np.asarray(extrinsic, np.float64)
+        at_camera_height = np.column_stack([xy, np.full(len(xy), extrinsic[2, 3])])
+        u, _, depth = project_points(at_camera_height, extrinsic, intrinsics_4x4(intrinsics)).T
+        seen |= (depth >= MIN_DEPTH) & (u >= 0) & (u < width)
     return seen
 
 
@@ -52,6 +53,17 @@ def cell_mask(
     return visible(centres, cam2img, cam2ego, widths).reshape(grid.shape)
 
 
+def cell_masks(
+    grids: Mapping[str, BEVGrid], cam2img: np.ndarray, cam2ego: np.ndarray, widths: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """:func:`cell_mask` of every named grid, projecting each distinct grid once."""
+    by_grid: dict[BEVGrid, np.ndarray] = {}
+    for grid in grids.values():
+        if grid not in by_grid:
+            by_grid[grid] = cell_mask(grid, cam2img, cam2ego, widths)
+    return {name: by_grid[grid] for name, grid in grids.items()}
+
+
 def mask_targets(
     targets: Mapping[str, np.ndarray],
     kinds: Mapping[str, str],
@@ -59,26 +71,51 @@ def mask_targets(
     cam2img: np.ndarray,
     cam2ego: np.ndarray,
     widths: Sequence[int],
-    logits: Sequence[str] = (),
+    logits: Iterable[str] = (),
 ) -> dict[str, np.ndarray]:
     """The teacher's targets of one frame (already moved by its BEV augmentation) masked to the
     cameras' view: outside it, heatmaps hold background (each channel's minimum for the fields
     named in ``logits``, stored as logits; else probability 0), features, embeddings and box
     regressions 0, and ``boxes`` rows (x, y first) are dropped. ``kinds``: field -> kind;
     ``grids``: field -> the grid a spatial field lives on."""
+    logits = frozenset(logits)
+    spatial = {name: grids[name] for name in targets if kinds[name] != "boxes"}
+    inside = cell_masks(spatial, cam2img, cam2ego, widths)
     out: dict[str, np.ndarray] = {}
-    masks: dict[tuple[int, int], np.ndarray] = {}
     for name, value in targets.items():
         if kinds[name] == "boxes":
             out[name] = value[visible(value[:, :2], cam2img, cam2ego, widths)]
             continue
-        grid = grids[name]
-        if grid.shape not in masks:
-            masks[grid.shape] = cell_mask(grid, cam2img, cam2ego, widths)
-        inside = masks[grid.shape]
         if kinds[name] == "heatmap" and name in logits:
             fill = value.reshape(value.shape[0], -1).min(axis=1)[:, None, None]
         else:
             fill = np.zeros((value.shape[0], 1, 1), value.dtype)
-        out[name] = np.where(inside[None], value, fill).astype(value.dtype, copy=False)
+        out[name] = np.where(inside[name][None], value, fill).astype(value.dtype, copy=False)
     return out
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """How a store's fields are masked to a camera view, read once from its contract: each
+    field's kind, the grid a spatial field lives on, and the heatmaps stored as logits."""
+
+    kinds: Mapping[str, str]
+    grids: Mapping[str, BEVGrid]
+    logits: frozenset[str]
+
+    @classmethod
+    def of(cls, contract: StoreContract, names: Iterable[str]) -> TargetView:
+        specs = {name: contract.field(name) for name in names}
+        return cls(
+            kinds={name: spec.kind for name, spec in specs.items()},
+            grids={n: field_grid(contract.grid, s) for n, s in specs.items() if s.kind != "boxes"},
+            logits=frozenset(
+                n for n, s in specs.items()
+                if s.kind == "heatmap" and (s.heatmap_activation or "logits") == "logits"
+            ),
+        )  # fmt: skip
+
+    def mask(self, targets: Mapping[str, np.ndarray], cam2img: np.ndarray, cam2ego: np.ndarray,
+             widths: Sequence[int]) -> dict[str, np.ndarray]:  # fmt: skip
+        """:func:`mask_targets` of one frame's fields."""
+        return mask_targets(targets, self.kinds, self.grids, cam2img, cam2ego, widths, self.logits)

@@ -30,7 +30,7 @@ from bevkd.datasets.student_batch import StudentBatch, Targets, collate_student
 from bevkd.pipeline.config import Config, DataConfig
 from bevkd.pipeline.errors import BevkdError
 from bevkd.storage.fields import TEACHER_FIELDS, TeacherFields, teacher_writing
-from bevkd.storage.schema import StoreContract, field_grid
+from bevkd.storage.schema import StoreContract
 
 # The data settings that decide what a teacher reads from a frame.
 POINT_SETTINGS = ("lidar_sweeps", "crop_points_to_camera")
@@ -284,27 +284,25 @@ class OnlineTeacher:
         return self._in_view(targets, batch) if self.fov_only else targets
 
     def _in_view(self, targets: Targets, batch: StudentBatch) -> Targets:
-        """``targets`` masked frame by frame to what the student's cameras see: the numpy
-        :func:`bevkd.datasets.fov.mask_targets` the store path applies, so both agree."""
+        """``targets`` masked frame by frame to what the student's cameras see, on the batch's
+        device, by the rules of :func:`bevkd.datasets.fov.mask_targets` (the store path's):
+        background outside the view (a logits heatmap's channel minimum, else 0), boxes outside
+        dropped. Only the cameras and the boxes come to the CPU."""
         from bevkd.datasets import fov
 
-        specs = {name: self.contract.field(name) for name in [*targets.fields, *targets.boxes]}
-        kinds = {name: spec.kind for name, spec in specs.items()}
-        grids = {
-            n: field_grid(self.contract.grid, s) for n, s in specs.items() if s.kind != "boxes"
-        }
-        logits = [n for n, s in specs.items() if s.kind == "heatmap" and (s.heatmap_activation or "logits") == "logits"]  # fmt: skip
+        view = fov.TargetView.of(self.contract, [*targets.fields, *targets.boxes])
         cam2img, cam2ego = batch.cam2img.cpu().numpy(), batch.cam2ego.cpu().numpy()
-        width = batch.images.shape[-1]
+        widths = [batch.images.shape[-1]] * cam2img.shape[1]
         for i in range(batch.size):
-            frame = {n: v[i].cpu().numpy() for n, v in targets.fields.items()}
-            frame |= {n: rows[i].cpu().numpy() for n, rows in targets.boxes.items()}
-            masked = fov.mask_targets(frame, kinds, grids, cam2img[i], cam2ego[i],
-                                      [width] * len(cam2img[i]), logits)  # fmt: skip
+            inside = fov.cell_masks(view.grids, cam2img[i], cam2ego[i], widths)
             for name, value in targets.fields.items():
-                value[i] = torch.from_numpy(masked[name]).to(value)
-            for name, rows in targets.boxes.items():
-                rows[i] = torch.from_numpy(masked[name]).to(rows[i])
+                frame = value[i]
+                fill = frame.flatten(1).amin(1)[:, None, None] if name in view.logits else 0.0
+                keep = torch.from_numpy(inside[name]).to(frame.device)
+                value[i] = torch.where(keep, frame, fill)
+            for rows in targets.boxes.values():
+                seen = fov.visible(rows[i][:, :2].cpu().numpy(), cam2img[i], cam2ego[i], widths)
+                rows[i] = rows[i][torch.from_numpy(seen).to(rows[i].device)]
         return targets
 
 
