@@ -78,18 +78,20 @@ def store_config(
     return with_overrides(cfg, overrides)
 
 
-def eval_frames(cfg: Config) -> list[Frame]:
-    """The labelled frames of ``cfg.eval.eval_set`` of the dataset ``cfg.data`` names."""
+def eval_frames(cfg: Config, labelled_only: bool = True) -> list[Frame]:
+    """The labelled frames (every frame, unless ``labelled_only``) of ``cfg.eval.eval_set``, a
+    split name, of the dataset ``cfg.data`` names; an error if none is labelled."""
     from bevkd.datasets.dataset import load_frames
 
     data = dataclasses.replace(cfg.data, val_split=cfg.eval.eval_set)
-    frames = [f for f in load_frames(dataclasses.replace(cfg, data=data), "val") if f.has_label]
+    every = load_frames(dataclasses.replace(cfg, data=data), "val")
+    frames = [f for f in every if f.has_label]
     if not frames:
         raise DataError(
             f"{cfg.data.root}: split '{cfg.eval.eval_set}' has no labelled frame to evaluate "
             "against; choose another with --set eval.eval_set=..."
         )
-    return frames
+    return frames if labelled_only else every
 
 
 def read_store_boxes(store: TeacherStore, field: str, frames: Sequence[Frame]) -> StoreBoxes:

@@ -22,8 +22,10 @@ from bevkd.pipeline.config import Config
 def predict(
     model: nn.Module, cfg: Config, role: str = "val", batch_size: int = 4
 ) -> tuple[list[Frame], list[Detections]]:
-    """Decoded detections (ego frame) for every frame of a split role, in frame order."""
-    frames = load_frames(cfg, role)
+    """Decoded detections (ego frame) for every labelled frame of a split role, in frame order:
+    the frames evaluation scores (a split that mixes in unlabelled frames, as Waymo's sweeps
+    without boxes, does not run the model on them)."""
+    frames = [f for f in load_frames(cfg, role) if f.has_label]
     dataset = FrameDataset(frames, cfg.data, train=False, with_depth=False)  # eval reads no depth
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -141,12 +141,10 @@ def command(
 
 
 def _evaluate_waymo_results(cfg: Any, results: Path, out: Path) -> dict:
-    from bevkd.datasets.dataset import load_frames
     from bevkd.eval import waymo
+    from bevkd.eval.store_boxes import eval_frames
 
-    # eval.eval_set is a split name (as for nuScenes and KITTI): read it as the val role
-    data = dataclasses.replace(cfg.data, val_split=cfg.eval.eval_set)
-    frames = load_frames(dataclasses.replace(cfg, data=data), "val")
+    frames = eval_frames(cfg, labelled_only=False)  # a file may cover the split's every frame
     detections, classes = waymo.read_results(results, frames)
     return waymo.evaluate(cfg, frames, detections, out, classes)
 
