@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ def test_cache_teacher_to_s3_at_5_percent_faults_gives_the_fault_free_store_even
 ) -> None:
     from bevkd.storage.writer import StoreWriter
 
-    url = f"s3://bevkd-test/{uuid.uuid4().hex}/teacher.zarr"
+    url = "s3://bevkd-test/faults-pipeline/cached.zarr"  # fixed: see on_s3
     through = {**s3_server, "endpoint_url": proxy.endpoint}
     cfg = cache_config(world["root"], world["teachers"], url,
                        f"store.storage_options={_pairs(through)}", *_fast())  # fmt: skip
@@ -101,7 +100,9 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def on_s3(world: dict, s3_server: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The world's store copied to S3, and a fault-free student run from it."""
-    url = f"s3://bevkd-test/{uuid.uuid4().hex}/teacher.zarr"
+    # A fixed path: the proxy's faults are seeded per (method, path, n-th request), so a random
+    # path would make which requests fail (and whether any does) a matter of chance.
+    url = "s3://bevkd-test/faults-pipeline/teacher.zarr"
     copy_store(world["url"], url, None, s3_server)
     out = tmp_path_factory.mktemp("clean_student")
     _run_student(world, out, url, s3_server)

@@ -9,7 +9,9 @@ deterministic per request, so these tests fail or pass the same way every run.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -62,8 +64,18 @@ def _through(proxy: FaultProxy, s3_server: dict, validate: bool = True) -> dict[
     return options
 
 
+_URLS: dict[str, int] = {}
+
+
 def _url() -> str:
-    return f"s3://bevkd-test/{uuid.uuid4().hex}/store.zarr"
+    """A store URL named after the running test (and how many it asked for before): the
+    proxy's faults are seeded per (method, path, n-th request), so a random path would make
+    which requests fail, and whether enough do, a matter of chance."""
+    test = re.sub(
+        r"[^A-Za-z0-9_-]", "-", os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].split(" ")[0]
+    )
+    _URLS[test] = _URLS.get(test, -1) + 1
+    return f"s3://bevkd-test/{test}-{_URLS[test]}/store.zarr"
 
 
 def same_store(a: str, b: str, a_options: dict | None, b_options: dict | None) -> None:
